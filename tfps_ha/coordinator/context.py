@@ -1,0 +1,69 @@
+"""What both runners receive and return."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, Callable
+
+from tfps_ha.coordinator.heartbeat import Heartbeat
+from tfps_ha.spec import TrainingSpec
+from tfps_ha.trainer import Trainer
+from tfps_ha.workdir import Workdir
+
+
+@dataclasses.dataclass
+class RunContext:
+    """Everything a runner needs.
+
+    Attributes:
+      tf: The TensorFlow module.
+      keras: The tf_keras module.
+      strategy: The ParameterServerStrategy.
+      coordinator: The ClusterCoordinator of `strategy`.
+      num_workers: Workers in the cluster.
+      trainer: The user's trainer.
+      training: Training length and checkpoint cadence.
+      target_steps: The step count to reach (the spec's, or `--steps`).
+      workdir: The job's working folder.
+      heartbeat: Progress writer read by the supervisor.
+      stop: Set on SIGTERM; the runner then saves and returns early.
+      before_save: Called before every checkpoint save. It raises to refuse
+        the save, for example when this coordinator is no longer the leader.
+      save_metadata: Extra values (such as the leader epoch) stored beside
+        every checkpoint.
+    """
+
+    tf: Any
+    keras: Any
+    strategy: Any
+    coordinator: Any
+    num_workers: int
+    trainer: Trainer
+    training: TrainingSpec
+    target_steps: int
+    workdir: Workdir
+    heartbeat: Heartbeat
+    stop: threading.Event
+    before_save: Callable[[], None] = lambda: None
+
+
+@dataclasses.dataclass
+class RunResult:
+    """How a runner ended.
+
+    Attributes:
+      completed: Whether `final_step` reached the target.
+      final_step: Steps applied, counted exactly across restarts.
+      resumed_from_step: Step of the checkpoint this run started from (0 when fresh).
+      metrics: Held-out metrics from the trainer's `evaluate`, plus the last loss.
+      preempted: Whether SIGTERM stopped the run after a checkpoint.
+      checkpoint_step: Step of the last checkpoint saved or restored.
+    """
+
+    completed: bool
+    final_step: int
+    resumed_from_step: int
+    metrics: dict
+    preempted: bool = False
+    checkpoint_step: int = 0

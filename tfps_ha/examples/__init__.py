@@ -1,0 +1,1 @@
+"""Example trainers: `digits` (Keras fit) and `ctr` (custom loop, sharded embeddings)."""

@@ -1,0 +1,117 @@
+"""`tfps-ha launch`: one local job, supervised, with `summary.json` at the end."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+from tfps_ha.errors import UsageError
+from tfps_ha.exit_codes import ExitCode
+from tfps_ha.spec import ClusterSpec
+from tfps_ha.supervisor.chaos import parse_chaos
+from tfps_ha.supervisor.supervisor import Supervisor
+from tfps_ha.tf_config import resolve_cluster
+from tfps_ha.tf_env import check_keras_environment
+from tfps_ha.workdir import Workdir, read_json, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+
+def launch(spec: ClusterSpec, spec_path: str, workdir: str | None = None, steps: int | None = None,
+           chaos: str | None = None) -> int:
+    """Runs every task of `spec` on this machine until the target step.
+
+    Re-running on the same workdir resumes from the latest checkpoint; a job
+    that already reached its target is not started again.
+
+    Returns:
+      The exit code: 0 only when training completed.
+
+    Raises:
+      UsageError: The chaos plan is invalid, tf-keras is missing, or the
+        workdir cannot be created.
+    """
+    check_keras_environment()
+    target = steps or spec.training.steps
+    folder = Workdir(os.path.abspath(workdir or spec.workdir))
+    try:
+        os.makedirs(folder.root, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--workdir: cannot create {folder.root}: {error.strerror}") from None
+
+    previous = read_json(folder.result)
+    if previous and previous.get("completed") and previous.get("target_steps") == target:
+        print(f"Job in {folder.root} already reached step {target}; nothing to do.", flush=True)
+        summary = _summary(previous, target, {}, 0.0, [], 0, previous.get("resumed_from_step", target))
+        summary["resumed_from_step"] = previous.get("final_step", target)
+        write_json_atomic(folder.summary, summary)
+        _print_summary(folder, summary)
+        return ExitCode.OK
+
+    if os.path.exists(folder.result):
+        os.unlink(folder.result)
+    if os.path.exists(folder.heartbeat):
+        os.unlink(folder.heartbeat)
+
+    cluster = resolve_cluster(spec)
+    plan = parse_chaos(chaos, cluster, target) if chaos else []
+    write_json_atomic(os.path.join(folder.root, "cluster.json"), {"cluster": dict(cluster.jobs)})
+    supervisor = Supervisor(spec, os.path.abspath(spec_path), cluster, folder, target, plan)
+    logger.info("Launching %s: %s; target %d steps; workdir %s.", spec.name,
+                ", ".join(f"{job} {', '.join(addresses)}" for job, addresses in cluster.jobs.items()),
+                target, folder.root)
+    if plan:
+        logger.info("Chaos plan: %s.", ", ".join(kill.describe() for kill in plan))
+
+    started = time.monotonic()
+    previous_handlers = {sig: signal.signal(sig, lambda signum, _frame: supervisor.request_stop(signum))
+                         for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        supervisor.start()
+        outcome = supervisor.run()
+    finally:
+        supervisor.stop_all(grace_seconds=10.0)
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+
+    result = read_json(folder.result) or {}
+    first_step = supervisor.first_step if supervisor.first_step is not None else 0
+    summary = _summary(result, target, supervisor.restart_counts(), time.monotonic() - started,
+                       supervisor.recoveries, supervisor.lost_steps, first_step)
+    completed = outcome.exit_code == ExitCode.OK and summary["completed"]
+    summary["completed"] = completed
+    summary["exit_code"] = int(outcome.exit_code if not (outcome.exit_code == ExitCode.OK and not completed)
+                               else ExitCode.FAILED)
+    summary["message"] = outcome.message
+    write_json_atomic(folder.summary, summary)
+    _print_summary(folder, summary)
+    if not completed:
+        logger.error("Job did not complete: %s Checkpoints are kept in %s.", outcome.message, folder.root)
+    return summary["exit_code"]
+
+
+def _summary(result: dict, target: int, restarts: dict, wall_seconds: float, recoveries: list,
+             lost_steps: int, resumed_from_step: int) -> dict:
+    return {
+        "completed": bool(result.get("completed")),
+        "final_step": int(result.get("final_step", 0)),
+        "target_steps": target,
+        "resumed_from_step": int(resumed_from_step),
+        "metrics": result.get("metrics", {}),
+        "restarts": restarts,
+        "failovers": 0,
+        "lost_steps": lost_steps,
+        "recoveries": [{key: value for key, value in item.items() if not key.startswith(("killed_at", "min_"))}
+                       for item in recoveries],
+        "wall_seconds": round(wall_seconds, 3),
+    }
+
+
+def _print_summary(folder: Workdir, summary: dict) -> None:
+    metrics = ", ".join(f"{name} {value:.4f}" for name, value in sorted(summary["metrics"].items())
+                        if isinstance(value, (int, float)))
+    print(f"completed: {str(summary['completed']).lower()}; final step {summary['final_step']}/"
+          f"{summary['target_steps']}; resumed from step {summary['resumed_from_step']}; "
+          f"{metrics or 'no metrics'}; summary {folder.summary}", flush=True)

@@ -1,0 +1,1 @@
+"""The local supervisor: owns every task process and restarts what dies."""
