@@ -9,6 +9,7 @@ import time
 
 from tfps_ha.errors import UsageError
 from tfps_ha.exit_codes import ExitCode
+from tfps_ha.net import port_in_use
 from tfps_ha.spec import ClusterSpec
 from tfps_ha.supervisor.chaos import parse_chaos
 from tfps_ha.supervisor.supervisor import Supervisor
@@ -57,6 +58,11 @@ def launch(spec: ClusterSpec, spec_path: str, workdir: str | None = None, steps:
 
     cluster = resolve_cluster(spec)
     plan = parse_chaos(chaos, cluster, target) if chaos else []
+    for task in cluster.tasks():
+        if task.job != "evaluator" and port_in_use(cluster.address(task)):
+            raise UsageError(
+                f"task {task} cannot listen on {cluster.address(task)}: the port is already in use "
+                "by another process; stop that process or give the task another port in the spec")
     write_json_atomic(os.path.join(folder.root, "cluster.json"), {"cluster": dict(cluster.jobs)})
     supervisor = Supervisor(spec, os.path.abspath(spec_path), cluster, folder, target, plan)
     logger.info("Launching %s: %s; target %d steps; workdir %s.", spec.name,

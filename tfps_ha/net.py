@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
-from typing import Iterable, Mapping
+from typing import Mapping
 
 from tfps_ha.errors import StartupTimeoutError
 from tfps_ha.spec import split_address
@@ -20,16 +21,13 @@ def port_accepts(address: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def wait_for_ports(addresses: Mapping[str, str], deadline_seconds: float, poll_seconds: float = 0.2,
-                   alive: Iterable | None = None) -> None:
+def wait_for_ports(addresses: Mapping[str, str], deadline_seconds: float, poll_seconds: float = 0.2) -> None:
     """Waits until every task's port accepts connections.
 
     Args:
       addresses: Task name (such as `worker:1`) to `host:port`.
       deadline_seconds: How long to wait in total.
       poll_seconds: Pause between rounds of probes.
-      alive: Optional callable returning task names whose process has died;
-        the wait stops early with an error naming them.
 
     Raises:
       StartupTimeoutError: Some ports did not accept connections in time; the
@@ -43,13 +41,6 @@ def wait_for_ports(addresses: Mapping[str, str], deadline_seconds: float, poll_s
                 del pending[task]
         if not pending:
             return
-        if alive is not None:
-            dead = sorted(set(alive()) & set(pending))
-            if dead:
-                raise StartupTimeoutError(
-                    f"task {', '.join(dead)} exited before its port "
-                    f"{', '.join(pending[task] for task in dead)} accepted connections"
-                )
         if time.monotonic() >= deadline:
             listing = ", ".join(f"{task} at {address}" for task, address in sorted(pending.items()))
             raise StartupTimeoutError(
@@ -57,3 +48,19 @@ def wait_for_ports(addresses: Mapping[str, str], deadline_seconds: float, poll_s
                 "connections; check that the task started and that the address is reachable"
             )
         time.sleep(poll_seconds)
+
+
+def port_in_use(address: str) -> bool:
+    """Returns whether another process already listens on a local `host:port`.
+
+    Only an `EADDRINUSE` from bind counts; an address that is not local to this
+    machine cannot be bound at all and is reported as free.
+    """
+    host, port = split_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, int(port)))
+        except OSError as error:
+            return error.errno == errno.EADDRINUSE
+    return False

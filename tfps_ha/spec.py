@@ -260,6 +260,11 @@ def parse_spec(text: str, source: str = "spec", default_name: str = "tfps-ha") -
         raise SpecError(source, "", f"invalid YAML at {where} ({problem})", "a YAML mapping") from None
     except ValueError as error:  # PyYAML raises it for some malformed scalars.
         raise SpecError(source, "", f"invalid YAML ({error})", "a YAML mapping") from None
+    except (IndexError, KeyError, AttributeError):
+        # PyYAML 6.0 raises these for an explicitly tagged scalar that it cannot
+        # convert, such as `!!int ''`, `!!bool x` or `!!timestamp x`.
+        raise SpecError(source, "", "invalid YAML (a scalar that does not match its !! tag)",
+                        "a YAML mapping") from None
     except RecursionError:  # PyYAML composes nested collections recursively.
         raise SpecError(source, "", "invalid YAML (nested too deeply)", "a YAML mapping") from None
     if not isinstance(document, dict):

@@ -33,7 +33,9 @@ def restore_with_fallback(tf, checkpoint, manager) -> str | None:
     for path in candidates:
         try:
             checkpoint.restore(path).expect_partial()
-        except (tf.errors.OpError, ValueError) as error:
+        except (tf.errors.OpError, ValueError, IndexError, OSError) as error:
+            # A truncated file raises IndexError ("Read less bytes than requested")
+            # from the checkpoint reader in TF 2.21, not an OpError.
             reason = str(error).strip().splitlines()[0][:200]
             logger.warning("Checkpoint %s cannot be restored (%s); trying the previous one.", path, reason)
             failures.append(f"{path}: {reason}")

@@ -4,7 +4,7 @@ tf-keras 2.21's `BackupAndRestore` skips its batch hooks under
 ParameterServerStrategy, so an integer `save_freq` never saves there and only
 epoch-level backups happen. `StepBackup` subclasses it and saves every
 `checkpoint_every_steps` steps under PSS: it joins the coordinator first, so
-the backup holds exactly the steps scheduled so far, then records the epoch
+the backup contains exactly the steps scheduled so far, then records the epoch
 and the batch. `fit` resumes from that epoch and batch on the next start.
 """
 
@@ -136,7 +136,7 @@ def make_step_backup(keras):
             self.context.heartbeat.beat(self.completed_steps, force=True)
 
         def on_epoch_begin(self, epoch, logs=None):
-            self._epoch = epoch
+            self._epoch = int(epoch)
             super().on_epoch_begin(epoch, logs)
 
         def on_epoch_end(self, epoch, logs=None):
@@ -146,6 +146,7 @@ def make_step_backup(keras):
             pass
 
         def on_train_batch_end(self, batch, logs=None):
+            batch = int(batch)  # Keras passes a NumPy integer after a mid-epoch resume.
             step = self._epoch * self.steps_per_epoch + batch + 1
             self.completed_steps = step
 

@@ -30,16 +30,16 @@ class Heartbeat:
 
     def beat(self, step: int, loss: float | None = None, phase: str = "training", force: bool = False) -> None:
         """Records progress and writes it when the interval has passed or `force` is set."""
-        self.step = step
+        self.step = int(step)
         if loss is not None:
-            self.loss = loss
+            self.loss = float(loss)
         if not force and not self.due():
             return
         self._last_write = time.monotonic()
         write_json_atomic(self.path, {
             "pid": os.getpid(),
             "time": time.time(),
-            "step": step,
+            "step": self.step,
             "target_step": self.target_step,
             "loss": self.loss,
             "phase": phase,

@@ -13,7 +13,7 @@ from tfps_ha.spec import RestartPolicySpec, TaskId
 
 
 class Action(enum.Enum):
-    """What the supervisor does after a task exits."""
+    """The supervisor's action after a task exits."""
 
     RESTART = "restart"
     GIVE_UP = "give_up"
@@ -22,7 +22,7 @@ class Action(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    """The policy's answer to one exit.
+    """The policy's decision for one exit.
 
     Attributes:
       action: Restart the task, give up on the job, or finish the job.

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +69,3 @@ def kill_process(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         except ProcessLookupError:
             pass
 
-
-def wait_all(processes: list[subprocess.Popen], timeout: float) -> None:
-    """Waits until every process has exited, at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        remaining = max(0.0, deadline - time.monotonic())
-        try:
-            process.wait(timeout=remaining)
-        except subprocess.TimeoutExpired:
-            return

@@ -59,7 +59,7 @@ class TaskRecord:
 
 @dataclasses.dataclass
 class Outcome:
-    """How the supervised job ended."""
+    """The end state of a supervised job: its exit code and one-line message."""
 
     exit_code: ExitCode
     message: str
@@ -180,8 +180,10 @@ class Supervisor:
                           self.spec.restart[record.task.job])
         if decision.action == Action.GIVE_UP:
             self._transition(record, TaskState.GAVE_UP, exit_code=code, cause=decision.reason)
-            logger.error("%s", decision.reason)
-            return Outcome(ExitCode.RESTART_BUDGET_SPENT, decision.reason)
+            log_path = self.workdir.task_log(str(record.task), record.attempt)
+            message = f"{decision.reason} Last log line: {_last_log_line(log_path)!r} ({log_path})."
+            logger.error("%s", message)
+            return Outcome(ExitCode.RESTART_BUDGET_SPENT, message)
 
         logger.warning("%s", decision.reason)
         record.restarts += 1
@@ -387,3 +389,16 @@ class Supervisor:
     def restart_counts(self) -> dict[str, int]:
         """Returns restarts per task, such as `{"worker:0": 1}`."""
         return {str(task): record.restarts for task, record in self.records.items()}
+
+
+def _last_log_line(path: str) -> str:
+    """Returns the last non-empty line of a task log, where the error usually is."""
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(0, 2)
+            stream.seek(max(0, stream.tell() - 8192))
+            lines = [line.strip() for line in stream.read().decode("utf-8", "replace").splitlines()]
+    except OSError:
+        return "(no log)"
+    lines = [line for line in lines if line]
+    return lines[-1][:300] if lines else "(empty log)"
