@@ -66,6 +66,9 @@ def run_fit(context: RunContext) -> RunResult:
         verbose=0,
     )
 
+    # NOTE: fit's train function has no step gate, so a function that
+    # ClusterCoordinator re-runs after a worker died can apply extra updates:
+    # optimizer.iterations may then exceed `step`, which is fit's own count.
     step = backup.completed_steps
     completed = step >= context.target_steps and not backup.preempted
     metrics = {}
