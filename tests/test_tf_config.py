@@ -18,7 +18,7 @@ CLUSTER = {
 
 
 def tf_config(cluster: object = None, task: object = None, **extra: object) -> str:
-    """Returns TF_CONFIG text; the defaults are CLUSTER and task worker:1."""
+    """Returns TF_CONFIG text, with CLUSTER and task worker:1 unless given."""
     document = {
         "cluster": CLUSTER if cluster is None else cluster,
         "task": {"type": "worker", "index": 1} if task is None else task,

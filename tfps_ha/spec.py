@@ -52,7 +52,8 @@ _JOB_HINTS = {
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
-# ASCII digits only: str.isdigit() also accepts digits such as '²' that int() rejects.
+# Ports and task indices take ASCII digits only, because str.isdigit() also
+# accepts digits such as '²' that int() rejects.
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 _INDEX_RE = re.compile(r"[0-9]{1,9}")
 
@@ -261,7 +262,7 @@ def parse_spec(text: str, source: str = "spec", default_name: str = "tfps-ha") -
     except ValueError as error:  # PyYAML raises it for some malformed scalars.
         raise SpecError(source, "", f"invalid YAML ({error})", "a YAML mapping") from None
     except (IndexError, KeyError, AttributeError):
-        # PyYAML 6.0 raises these for an explicitly tagged scalar that it cannot
+        # PyYAML 6.0.4 raises these for an explicitly tagged scalar that it cannot
         # convert, such as `!!int ''`, `!!bool x` or `!!timestamp x`.
         raise SpecError(source, "", "invalid YAML (a scalar that does not match its !! tag)",
                         "a YAML mapping") from None
@@ -535,7 +536,7 @@ class _Parser:
 
 
 def show_key(key: object) -> str:
-    """Returns a mapping key for a message: as written if printable, else repr'd."""
+    """Formats a mapping key for a message, with repr() unless it is a printable string."""
     if isinstance(key, str) and key and key.isprintable():
         return key
     return repr(key)
@@ -571,7 +572,10 @@ def split_address(address: str) -> tuple[str, str]:
 
 
 def canonical_host(host: str) -> str:
-    """Maps the loopback names to one form so duplicates are found."""
+    """Maps a host to one form so that duplicate addresses are found.
+
+    Names are lower-cased, IP addresses compressed, and localhost and ::1 become 127.0.0.1.
+    """
     host = host.lower()
     if _is_ip(host):
         host = str(ipaddress.ip_address(host))

@@ -23,8 +23,8 @@ from tfps_ha.errors import SpecError
 from tfps_ha.spec import JOBS, TRAINING_JOBS, ClusterSpec, TaskId, _Parser, show_key
 
 SOURCE = "TF_CONFIG"
-# A task index as JSON text: ASCII digits with no leading zero. str.isdigit()
-# is not enough because it accepts digits such as '²' that int() rejects.
+# A task index written as text, in ASCII digits with no leading zero.
+# str.isdigit() is not enough, because it accepts digits such as '²' that int() rejects.
 _INDEX_RE = re.compile(r"0|[1-9][0-9]{0,8}")
 
 
