@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 class UsageError(Exception):
-    """Invalid input from the user; the message says what to change."""
+    """Invalid input from the user; the message names what to change."""
 
 
 class SpecError(UsageError):

@@ -107,7 +107,7 @@ def check_legacy_optimizer(tf_keras, optimizer: object, where: str) -> None:
     """Raises UsageError unless `optimizer` is a tf-keras legacy optimizer.
 
     tf-keras's non-legacy optimizers do not work with ParameterServerStrategy's
-    sharded variables, so the kit asks for the legacy ones.
+    sharded variables, so the kit requires the legacy ones.
     """
     if not isinstance(optimizer, tf_keras.optimizers.legacy.Optimizer):
         raise UsageError(

@@ -1,4 +1,4 @@
-"""What both runners receive and return."""
+"""The input and output types shared by both runners."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class RunContext:
 
 @dataclasses.dataclass
 class RunResult:
-    """How a runner ended.
+    """The end state of one runner call.
 
     Attributes:
       completed: Whether `final_step` reached the target.

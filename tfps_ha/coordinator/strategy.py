@@ -23,7 +23,7 @@ def build_strategy(tf, cluster: ResolvedCluster, use_chief_address: bool = True)
         coordinator listens.
       use_chief_address: Whether to listen on the chief address. When False,
         TensorFlow picks a free local port, which lets a new coordinator start
-        while a stopped one still holds the chief port.
+        while a stopped one still has the chief port bound.
 
     Raises:
       UsageError: The coordinator could not listen on the chief address.
