@@ -205,10 +205,10 @@ def test_tf_config_bare_chief(run_cli):
          "tfps-ha: error: invalid task 'bogus'; expected JOB:INDEX with JOB one of "
          "chief, worker, ps, evaluator, for example worker:1"),
         ("worker:2",
-         "tfps-ha: error: TF_CONFIG: task: received 'worker:2'; expected a task of the cluster "
+         "tfps-ha: error: local.yaml: --task: received 'worker:2'; expected a task of the cluster "
          "(ps:0, worker:0, worker:1, chief:0)"),
         ("evaluator:0",
-         "tfps-ha: error: TF_CONFIG: task: received 'evaluator:0'; expected a task of the cluster "
+         "tfps-ha: error: local.yaml: --task: received 'evaluator:0'; expected a task of the cluster "
          "(ps:0, worker:0, worker:1, chief:0)"),
     ],
     ids=["bogus", "index_past_end", "job_not_in_spec"],
