@@ -33,3 +33,17 @@ def run_cli():
         )
 
     return run
+
+
+def pytest_configure(config):
+    """Sizes TensorFlow's inter-op thread pool before any test runs a TensorFlow op.
+
+    `tfps_ha.testing.in_process_cluster` needs at least workers + 1 inter-op
+    threads, and TensorFlow fixes the pool at its first op. Without this, a
+    test that ran any op earlier in the same process would make every later
+    in-process cluster fail.
+    """
+    from tfps_ha.tf_env import import_tensorflow
+
+    tf, _ = import_tensorflow()
+    tf.config.threading.set_inter_op_parallelism_threads(max(8, os.cpu_count() or 1))

@@ -50,3 +50,15 @@ def test_task_id_parse():
     assert str(TaskId.parse("worker:1")) == "worker:1"
     with pytest.raises(UsageError, match="expected JOB:INDEX"):
         TaskId.parse("ps_hosts:0")
+
+
+def test_stop_plan_pauses_chief():
+    kills = parse_chaos("chief@step=200:stop", CLUSTER, 600)
+
+    assert kills[0].task == TaskId("chief", 0)
+    assert kills[0].signal == signal.SIGSTOP
+
+
+def test_stop_plan_rejects_worker():
+    with pytest.raises(UsageError, match="':stop' applies only to chief"):
+        parse_chaos("worker:0@step=40:stop", CLUSTER, 600)

@@ -71,11 +71,23 @@ def test_state_machine_allows_restart_cycle():
         check_transition(old, new)
 
 
+def test_state_machine_allows_standby_takeover():
+    standby = [TaskState.PENDING, TaskState.STARTING, TaskState.STANDBY, TaskState.RUNNING,
+               TaskState.SUPERSEDED, TaskState.STOPPED]
+    for old, new in zip(standby, standby[1:]):
+        check_transition(old, new)
+    check_transition(TaskState.FAILED, TaskState.SUPERSEDED)
+    check_transition(TaskState.STANDBY, TaskState.FAILED)
+
+
 @pytest.mark.parametrize("old,new", [
     (TaskState.PENDING, TaskState.RUNNING),
     (TaskState.SUCCEEDED, TaskState.RUNNING),
     (TaskState.GAVE_UP, TaskState.STARTING),
     (TaskState.STOPPED, TaskState.STARTING),
+    (TaskState.PENDING, TaskState.STANDBY),
+    (TaskState.SUPERSEDED, TaskState.RUNNING),
+    (TaskState.STANDBY, TaskState.SUCCEEDED),
 ])
 def test_state_machine_rejects_jumps(old, new):
     with pytest.raises(ValueError, match="invalid task state transition"):

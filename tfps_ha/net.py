@@ -54,13 +54,24 @@ def port_in_use(address: str) -> bool:
     """Returns whether another process already listens on a local `host:port`.
 
     Only an `EADDRINUSE` from bind counts; an address that is not local to this
-    machine cannot be bound at all and is reported as free.
+    machine cannot be bound at all and is reported as free. The probe sets
+    SO_REUSEADDR, as gRPC servers do, so connections of a dead process left
+    in TIME_WAIT do not count as a listener.
     """
     host, port = split_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, int(port)))
         except OSError as error:
             return error.errno == errno.EADDRINUSE
     return False
+
+
+def free_port(host: str) -> int:
+    """Returns a TCP port that is free on the local `host` right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]

@@ -46,7 +46,7 @@ class InProcessCluster:
         from tfps_ha.tf_env import import_tensorflow
 
         tf, _ = import_tensorflow()
-        return build_strategy(tf, self.cluster, use_chief_address=False)
+        return build_strategy(tf, self.cluster)
 
 
 @contextlib.contextmanager

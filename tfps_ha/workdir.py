@@ -5,6 +5,9 @@
       backup/                  fit runner: the step-level backup of fit
       heartbeat.json           coordinator heartbeat: step, time, loss
       result.json              coordinator result when it stops
+      leader.lease             leader lease: holder, epoch, expiry (and .lock)
+      last_checkpoint.json     step, path and leader epoch of the newest save
+      progress.jsonl           supervisor: step, loss and rate about once a second
       summary.json             launcher summary
       events.jsonl             one JSON object per task state change
       logs/<task>/attempt_<n>.log
@@ -52,6 +55,14 @@ class Workdir:
     @property
     def lease(self) -> str:
         return os.path.join(self.root, "leader.lease")
+
+    @property
+    def last_checkpoint(self) -> str:
+        return os.path.join(self.root, "last_checkpoint.json")
+
+    @property
+    def progress(self) -> str:
+        return os.path.join(self.root, "progress.jsonl")
 
     def task_log(self, task: str, attempt: int) -> str:
         """Returns the log path of one attempt of a task, such as `logs/worker_1/attempt_0.log`."""

@@ -28,10 +28,10 @@ class RunContext:
       workdir: The job's working folder.
       heartbeat: Progress writer read by the supervisor.
       stop: Set on SIGTERM; the runner then saves and returns early.
-      before_save: Called before every checkpoint save. It raises to refuse
-        the save, for example when this coordinator is no longer the leader.
-      save_metadata: Extra values (such as the leader epoch) stored beside
-        every checkpoint.
+      before_save: Called with the step before every checkpoint save. It
+        raises to reject the save, for example `LeadershipLostError` when this
+        coordinator is no longer the leader.
+      after_save: Called with the step and the checkpoint path after every save.
     """
 
     tf: Any
@@ -45,7 +45,8 @@ class RunContext:
     workdir: Workdir
     heartbeat: Heartbeat
     stop: threading.Event
-    before_save: Callable[[], None] = lambda: None
+    before_save: Callable[[int], None] = lambda step: None
+    after_save: Callable[[int, str], None] = lambda step, path: None
 
 
 @dataclasses.dataclass

@@ -161,9 +161,10 @@ class _Loop:
 
 
 def _save(context: RunContext, manager, step: int) -> int:
-    context.before_save()
+    context.before_save(step)
     path = manager.save(checkpoint_number=step)
     logger.info("Saved checkpoint %s at step %d.", path, step)
+    context.after_save(step, path)
     context.heartbeat.beat(step, force=True)
     return step
 

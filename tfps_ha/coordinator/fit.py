@@ -173,13 +173,14 @@ def make_step_backup(keras):
         def _save(self, batch: int, step: int, reason: str) -> None:
             # Joining first makes the backup hold exactly `step` applied steps.
             self.model._cluster_coordinator.join()
-            self.context.before_save()
+            self.context.before_save(step)
             self._training_state._ckpt_saved_epoch.assign(self._epoch)
             self._training_state._ckpt_saved_batch.assign(batch)
             self._backup(epoch=self._epoch, batch=batch)
             self._last_saved = step
             self.checkpoint_step = step
             logger.info("Saved fit backup at step %d (%s).", step, reason)
+            self.context.after_save(step, self.context.workdir.backup)
             self.context.heartbeat.beat(step, loss=self.last_loss, force=True)
 
         def _fetch_loss(self, logs) -> float | None:

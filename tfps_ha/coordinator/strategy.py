@@ -14,23 +14,23 @@ logger = logging.getLogger(__name__)
 MIN_SHARD_BYTES = 256 << 10
 
 
-def build_strategy(tf, cluster: ResolvedCluster, use_chief_address: bool = True):
+def build_strategy(tf, cluster: ResolvedCluster, chief_address: str | None = None):
     """Returns `(strategy, coordinator)` for the training cluster.
 
     Args:
       tf: The TensorFlow module.
       cluster: The resolved cluster; its chief address is where this
         coordinator listens.
-      use_chief_address: Whether to listen on the chief address. When False,
-        TensorFlow picks a free local port, which lets a new coordinator start
-        while a stopped one still has the chief port bound.
+      chief_address: Where this coordinator listens instead of the spec's
+        chief address, so that a new leader can start while a stopped one
+        still has the chief port bound.
 
     Raises:
       UsageError: The coordinator could not listen on the chief address.
     """
     jobs = cluster.training_cluster()
-    if not use_chief_address:
-        jobs.pop("chief", None)
+    if chief_address is not None:
+        jobs["chief"] = [chief_address]
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec(jobs), task_type="chief", task_id=0, rpc_layer="grpc")
     partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(

@@ -1,8 +1,11 @@
 """Chaos plans: kill tasks at given steps to prove recovery.
 
-An explicit plan is `TASK@step=N[:term]` items joined by commas, for example
-`worker:0@step=40,ps:0@step=120,chief@step=200`; each kills with SIGKILL, or
-SIGTERM with `:term`. `random:seed=S,kills=K` draws K kills over the workers,
+An explicit plan is `TASK@step=N[:term|:stop]` items joined by commas, for
+example `worker:0@step=40,ps:0@step=120,chief@step=200`; each kills with
+SIGKILL, or SIGTERM with `:term`. `chief@step=N:stop` sends SIGSTOP to the
+leading coordinator, which makes it a zombie: its lease expires, the standby
+takes over, and the supervisor then sends SIGCONT so the zombie's next save
+meets the fence. `random:seed=S,kills=K` draws K kills over the workers,
 PS and coordinator at steps spread through the run.
 """
 
@@ -17,7 +20,7 @@ from tfps_ha.errors import UsageError
 from tfps_ha.spec import TaskId
 from tfps_ha.tf_config import ResolvedCluster
 
-_ITEM_RE = re.compile(r"^(?P<task>[a-z]+(?::\d+)?)@step=(?P<step>\d+)(?::(?P<signal>term|kill))?$")
+_ITEM_RE = re.compile(r"^(?P<task>[a-z]+(?::\d+)?)@step=(?P<step>\d+)(?::(?P<signal>term|kill|stop))?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +50,17 @@ def parse_chaos(plan: str, cluster: ResolvedCluster, target_steps: int) -> list[
         match = _ITEM_RE.match(item)
         if not match:
             raise UsageError(
-                f"--chaos: received {item!r}; expected TASK@step=N[:term], for example worker:0@step=40")
+                f"--chaos: received {item!r}; expected TASK@step=N[:term|:stop], for example worker:0@step=40")
         task = TaskId.parse(match["task"])
         if task.index >= len(cluster.jobs.get(task.job, ())) or task.job == "evaluator":
             raise UsageError(f"--chaos: task {task} is not part of the training cluster")
         step = int(match["step"])
         if step >= target_steps:
             raise UsageError(f"--chaos: step {step} of {item!r} is not below the target of {target_steps} steps")
-        sig = signal.SIGTERM if match["signal"] == "term" else signal.SIGKILL
+        sig = {"term": signal.SIGTERM, "stop": signal.SIGSTOP}.get(match["signal"], signal.SIGKILL)
+        if sig == signal.SIGSTOP and task.job != "chief":
+            raise UsageError(f"--chaos: received {item!r}; ':stop' applies only to chief, the coordinator "
+                             "whose lease the standby takes over")
         kills.append(PlannedKill(task, step, sig))
     if not kills:
         raise UsageError("--chaos: the plan is empty")

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Asks Linux to SIGKILL this child when the supervisor dies, even by SIGKILL."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -42,7 +42,7 @@ def spawn_task(argv: list[str], tf_config: dict, log_path: str, extra_env: dict 
         return subprocess.Popen(
             [sys.executable, "-m", "tfps_ha", "task", *argv],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
 
 
