@@ -713,9 +713,9 @@ def test_crashed_coordinator_leaves_no_servers(tmp_path, monkeypatch):
     for address in jobs["ps"] + jobs["worker"]:
         assert not port_accepts(address, timeout=0.5), f"{address} still accepts connections"
 
-    # A permanent coordinator exit ends the launch: the launcher gives up on chief:0.
-    assert code == ExitCode.RESTART_BUDGET_SPENT, output
+    # A permanent coordinator exit ends the launch with the coordinator's own code.
+    assert code == ExitCode.FAILED, output
     assert summary["completed"] is False
-    assert summary["exit_code"] == ExitCode.RESTART_BUDGET_SPENT
+    assert summary["exit_code"] == ExitCode.FAILED
     assert summary["message"].startswith("Task chief:0 exited with FAILED, which is permanent for job chief")
     assert "Traceback" not in output.split("Last log line")[0]

@@ -150,7 +150,7 @@ def test_parse_spec_fit_runner():
 def test_parse_spec_restart_override():
     spec = parse(spec_document(restart={"ps": {"max_restarts_per_task": 2, "permanent_exit_codes": [1, 2, 3]}}))
 
-    assert spec.restart["ps"] == RestartPolicySpec(2, 10, 1.0, 15.0, (1, 2, 3))
+    assert spec.restart["ps"] == RestartPolicySpec(2, 10, 0.2, 15.0, (1, 2, 3))
     assert spec.restart["worker"] == DEFAULT_RESTART["worker"]
 
 
@@ -354,12 +354,12 @@ INVALID = [
     pytest.param(
         {"cluster_spec": 1}, "cluster_spec",
         "x.yaml: cluster_spec: received 'cluster_spec'; expected one of the keys name, host, cluster, "
-        "trainer, training, workdir, startup_timeout_seconds, restart, monitoring",
+        "trainer, training, workdir, startup_timeout_seconds, restart, monitoring, kubernetes, strategy",
         id="unknown_top_key"),
     pytest.param(
         {"a\nb": 1}, "'a\\nb'",
         "x.yaml: 'a\\nb': received 'a\\nb'; expected one of the keys name, host, cluster, "
-        "trainer, training, workdir, startup_timeout_seconds, restart, monitoring",
+        "trainer, training, workdir, startup_timeout_seconds, restart, monitoring, kubernetes, strategy",
         id="unknown_key_with_newline"),
     # Training.
     pytest.param(
@@ -369,7 +369,7 @@ INVALID = [
     pytest.param(
         {"training__epochs": 3}, "training.epochs",
         "x.yaml: training.epochs: received 'epochs'; expected one of the keys steps, "
-        "steps_per_execution, checkpoint_every_steps, steps_per_epoch, keep_checkpoints",
+        "steps_per_execution, checkpoint_every_steps, steps_per_epoch, keep_checkpoints, async_checkpoint",
         id="training_unknown_key"),
     pytest.param(
         {"training__checkpoint_every_steps": 55}, "training.checkpoint_every_steps",
@@ -435,8 +435,8 @@ INVALID = [
         "x.yaml: restart.ps.backoff_initial_seconds: received '1s'; expected a number of seconds in 0..3600",
         id="backoff_string"),
     pytest.param(
-        {"restart": {"ps": {"backoff_max_seconds": 0.5}}}, "restart.ps.backoff_max_seconds",
-        "x.yaml: restart.ps.backoff_max_seconds: received 0.5; expected at least backoff_initial_seconds (1.0)",
+        {"restart": {"ps": {"backoff_max_seconds": 0.1}}}, "restart.ps.backoff_max_seconds",
+        "x.yaml: restart.ps.backoff_max_seconds: received 0.1; expected at least backoff_initial_seconds (0.2)",
         id="backoff_max_below_initial"),
     pytest.param(
         {"restart": {"ps": {"max_restarts_per_task": -1}}}, "restart.ps.max_restarts_per_task",
@@ -456,7 +456,7 @@ INVALID = [
         "x.yaml: monitoring.heartbeat: received 'heartbeat'; expected one of the keys "
         "heartbeat_timeout_seconds, progress_timeout_seconds, port_check_interval_seconds, "
         "port_failures_before_dead, lease_seconds, standby_coordinator, preemption_grace_seconds, "
-        "status_interval_seconds",
+        "status_interval_seconds, collective_timeout_seconds",
         id="monitoring_unknown_key"),
     pytest.param(
         {"monitoring": {"standby_coordinator": "yes"}}, "monitoring.standby_coordinator",

@@ -11,7 +11,7 @@ the 128+N codes that shells report for a process killed by signal N.
 | 0    | OK                   | -         | training reached its target step                  |
 | 1    | FAILED               | no        | a crash: a bug in the trainer or the kit         |
 | 2    | USAGE                | no        | invalid spec, TF_CONFIG or flags                 |
-| 3    | RESTART_BUDGET_SPENT | no        | the launcher gave up on a task                    |
+| 3    | RESTART_BUDGET_SPENT | no        | a task used up its restart budget                 |
 | 4    | STARTUP_TIMEOUT      | no        | a task never came up before the start-up deadline |
 | 200  | CLUSTER_UNAVAILABLE  | yes       | a PS (or every worker) became unreachable         |
 | 201  | PREEMPTED            | yes       | SIGTERM: a checkpoint was saved, then the exit    |

@@ -10,8 +10,9 @@ import time
 from tfps_ha.errors import UsageError
 from tfps_ha.exit_codes import ExitCode
 from tfps_ha.net import port_in_use
-from tfps_ha.spec import ClusterSpec
+from tfps_ha.spec import MULTI_WORKER_MIRRORED, ClusterSpec, check_target_steps
 from tfps_ha.supervisor.chaos import parse_chaos
+from tfps_ha.supervisor.group import GroupSupervisor
 from tfps_ha.supervisor.supervisor import Supervisor
 from tfps_ha.tf_config import resolve_cluster
 from tfps_ha.tf_env import check_keras_environment
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def launch(spec: ClusterSpec, spec_path: str, workdir: str | None = None, steps: int | None = None,
-           chaos: str | None = None) -> int:
+           chaos: str | None = None, status_port: int | None = None) -> int:
     """Runs every task of `spec` on this machine until the target step.
 
     Re-running on the same workdir resumes from the latest checkpoint; a job
@@ -36,6 +37,8 @@ def launch(spec: ClusterSpec, spec_path: str, workdir: str | None = None, steps:
     """
     check_keras_environment()
     target = steps or spec.training.steps
+    if steps is not None:
+        check_target_steps(spec.training, steps)
     folder = Workdir(os.path.abspath(workdir or spec.workdir))
     try:
         os.makedirs(folder.root, exist_ok=True)
@@ -45,16 +48,15 @@ def launch(spec: ClusterSpec, spec_path: str, workdir: str | None = None, steps:
     previous = read_json(folder.result)
     if previous and previous.get("completed") and previous.get("target_steps") == target:
         print(f"Job in {folder.root} already reached step {target}; nothing to do.", flush=True)
-        summary = _summary(previous, target, {}, 0.0, [], 0, previous.get("resumed_from_step", target))
+        summary = _summary(previous, target, None, 0.0)
         summary["resumed_from_step"] = previous.get("final_step", target)
         write_json_atomic(folder.summary, summary)
         _print_summary(folder, summary)
         return ExitCode.OK
 
-    if os.path.exists(folder.result):
-        os.unlink(folder.result)
-    if os.path.exists(folder.heartbeat):
-        os.unlink(folder.heartbeat)
+    for stale in (folder.result, folder.heartbeat, folder.summary):
+        if os.path.exists(stale):
+            os.unlink(stale)
 
     cluster = resolve_cluster(spec)
     plan = parse_chaos(chaos, cluster, target) if chaos else []
@@ -64,12 +66,22 @@ def launch(spec: ClusterSpec, spec_path: str, workdir: str | None = None, steps:
                 f"task {task} cannot listen on {cluster.address(task)}: the port is already in use "
                 "by another process; stop that process or give the task another port in the spec")
     write_json_atomic(os.path.join(folder.root, "cluster.json"), {"cluster": dict(cluster.jobs)})
-    supervisor = Supervisor(spec, os.path.abspath(spec_path), cluster, folder, target, plan)
+    # MultiWorkerMirroredStrategy cannot train with a worker missing, so its
+    # supervisor restarts the whole worker group where PSS restarts one task.
+    supervisor_class = GroupSupervisor if spec.strategy == MULTI_WORKER_MIRRORED else Supervisor
+    supervisor = supervisor_class(spec, os.path.abspath(spec_path), cluster, folder, target, plan)
     logger.info("Launching %s: %s; target %d steps; workdir %s.", spec.name,
                 ", ".join(f"{job} {', '.join(addresses)}" for job, addresses in cluster.jobs.items()),
                 target, folder.root)
     if plan:
         logger.info("Chaos plan: %s.", ", ".join(kill.describe() for kill in plan))
+
+    status_server = None
+    if status_port is not None:
+        from tfps_ha.observe.http import serve_workdir
+
+        status_server = serve_workdir(folder.root, spec, port=status_port)
+        print(f"Status endpoints: {status_server.url}/healthz, /readyz, /status, /metrics.", flush=True)
 
     started = time.monotonic()
     previous_handlers = {sig: signal.signal(sig, lambda signum, _frame: supervisor.request_stop(signum))
@@ -79,13 +91,13 @@ def launch(spec: ClusterSpec, spec_path: str, workdir: str | None = None, steps:
         outcome = supervisor.run()
     finally:
         supervisor.stop_all(grace_seconds=10.0)
+        if status_server is not None:
+            status_server.stop()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
 
     result = read_json(folder.result) or {}
-    first_step = supervisor.first_step if supervisor.first_step is not None else 0
-    summary = _summary(result, target, supervisor.restart_counts(), time.monotonic() - started,
-                       supervisor.recoveries, supervisor.lost_steps, first_step)
+    summary = _summary(result, target, supervisor, time.monotonic() - started)
     completed = outcome.exit_code == ExitCode.OK and summary["completed"]
     summary["completed"] = completed
     summary["exit_code"] = int(outcome.exit_code if not (outcome.exit_code == ExitCode.OK and not completed)
@@ -98,19 +110,21 @@ def launch(spec: ClusterSpec, spec_path: str, workdir: str | None = None, steps:
     return summary["exit_code"]
 
 
-def _summary(result: dict, target: int, restarts: dict, wall_seconds: float, recoveries: list,
-             lost_steps: int, resumed_from_step: int) -> dict:
+def _summary(result: dict, target: int, supervisor: Supervisor | GroupSupervisor | None,
+             wall_seconds: float) -> dict:
+    """Builds `summary.json`; without a supervisor (nothing was run) the counters are empty."""
+    progress = supervisor.progress if supervisor else None
     return {
         "completed": bool(result.get("completed")),
         "final_step": int(result.get("final_step", 0)),
         "target_steps": target,
-        "resumed_from_step": int(resumed_from_step),
+        "resumed_from_step": int(progress.first_step or 0) if progress else 0,
         "metrics": result.get("metrics", {}),
-        "restarts": restarts,
-        "failovers": 0,
-        "lost_steps": lost_steps,
-        "recoveries": [{key: value for key, value in item.items() if not key.startswith(("killed_at", "min_"))}
-                       for item in recoveries],
+        "restarts": supervisor.restart_counts() if supervisor else {},
+        "failovers": supervisor.failovers if supervisor else 0,
+        "fenced_exits": supervisor.fenced_exits if supervisor else 0,
+        "lost_steps": progress.lost_steps if progress else 0,
+        "recoveries": progress.summary_recoveries() if progress else [],
         "wall_seconds": round(wall_seconds, 3),
     }
 

@@ -4,6 +4,7 @@ A cluster spec looks like this (every key but `cluster` and `trainer.module`
 has a default)::
 
     name: digits-local
+    strategy: parameter_server # or multi_worker_mirrored (no ps job; chief optional)
     host: 127.0.0.1            # where counted tasks bind
     cluster:
       chief: 1                 # the coordinator; a count or a list of host:port
@@ -14,9 +15,10 @@ has a default)::
       runner: fit              # fit | custom_loop; inferred from the module if absent
     training:
       steps: 600
-      steps_per_execution: 10
+      steps_per_execution: 10  # or auto (custom_loop only)
       checkpoint_every_steps: 100
       steps_per_epoch: 100     # fit only
+      async_checkpoint: false  # custom_loop only: write checkpoints in the background
     workdir: /tmp/tfps_ha/digits-local
 
 `load_spec` checks every value and raises `SpecError` naming the first invalid
@@ -34,11 +36,15 @@ from typing import Any, Mapping
 
 import yaml
 
-from tfps_ha.errors import SpecError, UsageError
+from tfps_ha.errors import SpecError, UsageError, short_repr
+from tfps_ha.k8s.settings import KubernetesSpec, parse_kubernetes
 
 JOBS = ("chief", "worker", "ps", "evaluator")
 TRAINING_JOBS = ("chief", "worker", "ps")
 RUNNERS = ("fit", "custom_loop")
+PARAMETER_SERVER = "parameter_server"
+MULTI_WORKER_MIRRORED = "multi_worker_mirrored"
+STRATEGIES = (PARAMETER_SERVER, MULTI_WORKER_MIRRORED)
 
 _JOB_HINTS = {
     "ps_hosts": "ps",
@@ -80,7 +86,7 @@ class TaskId:
             return cls("chief", 0)
         if job not in JOBS or not _INDEX_RE.fullmatch(index):
             raise UsageError(
-                f"invalid task {text!r}; expected JOB:INDEX with JOB one of "
+                f"invalid task {short_repr(text)}; expected JOB:INDEX with JOB one of "
                 f"{', '.join(JOBS)}, for example worker:1"
             )
         return cls(job, int(index))
@@ -108,8 +114,10 @@ class RestartPolicySpec:
 DEFAULT_RESTART = {
     # A PS restart costs a coordinator restart and a checkpoint restore, so the
     # budget is smaller than for workers, which rejoin without losing a step.
-    "ps": RestartPolicySpec(5, 10, 1.0, 15.0),
-    "worker": RestartPolicySpec(10, 30, 1.0, 15.0),
+    # The first restart follows at once: training waits on the lost task, and
+    # only a crash loop needs the doubling backoff.
+    "ps": RestartPolicySpec(5, 10, 0.2, 15.0),
+    "worker": RestartPolicySpec(10, 30, 0.2, 15.0),
     # The coordinator's exits are mostly retryable (PS loss, preemption).
     "chief": RestartPolicySpec(10, 10, 0.5, 10.0),
     "evaluator": RestartPolicySpec(3, 3, 1.0, 15.0),
@@ -132,6 +140,10 @@ class MonitoringSpec:
       preemption_grace_seconds: Time a coordinator has, after SIGTERM, to stop
         scheduling, drain steps and save a checkpoint.
       status_interval_seconds: Interval of the launcher's progress line.
+      collective_timeout_seconds: (multi_worker_mirrored) Time a worker waits
+        in one collective op, such as the gradient all-reduce, before it
+        fails with DeadlineExceeded. A worker whose peer died exits then
+        instead of hanging.
     """
 
     heartbeat_timeout_seconds: float = 30.0
@@ -142,6 +154,7 @@ class MonitoringSpec:
     standby_coordinator: bool = True
     preemption_grace_seconds: float = 30.0
     status_interval_seconds: float = 5.0
+    collective_timeout_seconds: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +168,13 @@ class TrainingSpec:
         `steps_per_execution`.
       steps_per_epoch: Epoch length for the fit runner (None for custom_loop).
       keep_checkpoints: Checkpoints kept on disk.
+      auto_steps_per_execution: Set by `steps_per_execution: auto`: the
+        custom loop measures the cost of a scheduled function and of a step,
+        then picks a divisor of `checkpoint_every_steps`. `steps_per_execution`
+        is then 1 and not used by the custom loop.
+      async_checkpoint: Whether the custom loop writes checkpoints in the
+        background from a copy on the PS tasks, which doubles the PS memory
+        that the model and optimizer take.
     """
 
     steps: int
@@ -162,6 +182,8 @@ class TrainingSpec:
     checkpoint_every_steps: int = 100
     steps_per_epoch: int | None = None
     keep_checkpoints: int = 3
+    auto_steps_per_execution: bool = False
+    async_checkpoint: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +203,8 @@ class ClusterSpec:
       startup_timeout_seconds: Deadline for every task to come up.
       restart: Restart policy per job.
       monitoring: Health-signal deadlines.
+      kubernetes: Settings of `tfps-ha render-k8s`; local launches ignore them.
+      strategy: `parameter_server` or `multi_worker_mirrored`.
     """
 
     name: str
@@ -195,6 +219,8 @@ class ClusterSpec:
     startup_timeout_seconds: float
     restart: Mapping[str, RestartPolicySpec]
     monitoring: MonitoringSpec
+    kubernetes: KubernetesSpec = dataclasses.field(default_factory=KubernetesSpec)
+    strategy: str = PARAMETER_SERVER
 
     def task_count(self, job: str) -> int:
         """Returns how many tasks `job` has (0 when absent)."""
@@ -207,8 +233,9 @@ class ClusterSpec:
             f"{self.task_count(job)} {job}" for job in JOBS if self.task_count(job)
         )
         runner = self.runner or "inferred runner"
+        strategy = f" ({self.strategy})" if self.strategy != PARAMETER_SERVER else ""
         return (
-            f"{self.source}: valid cluster spec '{self.name}': {counts}; trainer "
+            f"{self.source}: valid cluster spec '{self.name}'{strategy}: {counts}; trainer "
             f"{self.trainer_module} ({runner}); {self.training.steps} steps, "
             f"checkpoint every {self.training.checkpoint_every_steps}"
         )
@@ -278,7 +305,7 @@ class _Parser:
 
     _TOP_KEYS = (
         "name", "host", "cluster", "trainer", "training", "workdir",
-        "startup_timeout_seconds", "restart", "monitoring",
+        "startup_timeout_seconds", "restart", "monitoring", "kubernetes", "strategy",
     )
 
     def __init__(self, source: str):
@@ -297,9 +324,16 @@ class _Parser:
         host = document.get("host", "127.0.0.1")
         self._check_host("host", host)
 
-        jobs = self._parse_cluster(document.get("cluster", SpecError._MISSING), host)
+        strategy = document.get("strategy", PARAMETER_SERVER)
+        if strategy not in STRATEGIES:
+            raise self.fail("strategy", strategy, "one of " + ", ".join(STRATEGIES))
+
+        jobs = self._parse_cluster(document.get("cluster", SpecError._MISSING), host, strategy)
         module, runner, trainer_args = self._parse_trainer(document.get("trainer", SpecError._MISSING))
-        training = self._parse_training(document.get("training", {}), runner)
+        if strategy == MULTI_WORKER_MIRRORED and runner == "custom_loop":
+            raise self.fail("trainer.runner", runner,
+                            f"fit, because strategy {MULTI_WORKER_MIRRORED} runs only the fit runner")
+        training = self._parse_training(document.get("training", {}), runner, strategy)
 
         workdir = document.get("workdir", os.path.join("/tmp", "tfps_ha", name))
         if not isinstance(workdir, str) or not workdir.strip():
@@ -308,12 +342,14 @@ class _Parser:
         startup = self._number("startup_timeout_seconds", document.get("startup_timeout_seconds", 60), 1, 3600)
         restart = self._parse_restart(document.get("restart", {}))
         monitoring = self._parse_monitoring(document.get("monitoring", {}))
+        kubernetes = parse_kubernetes(document.get("kubernetes", {}), self.fail)
 
         return ClusterSpec(
             name=name, source=self.source, host=host, jobs=jobs,
             trainer_module=module, runner=runner, trainer_args=trainer_args,
             training=training, workdir=os.path.expanduser(workdir),
             startup_timeout_seconds=startup, restart=restart, monitoring=monitoring,
+            kubernetes=kubernetes, strategy=strategy,
         )
 
     def _reject_unknown_keys(self, path: str, mapping: dict, allowed: tuple[str, ...]) -> None:
@@ -326,7 +362,8 @@ class _Parser:
         if not isinstance(host, str) or not (_HOST_RE.match(host) or _is_ip(host)):
             raise self.fail(path, host, "a host name or IP address")
 
-    def _parse_cluster(self, cluster: object, host: str) -> dict[str, int | tuple[str, ...]]:
+    def _parse_cluster(self, cluster: object, host: str,
+                       strategy: str = PARAMETER_SERVER) -> dict[str, int | tuple[str, ...]]:
         if cluster is SpecError._MISSING:
             raise SpecError.missing(self.source, "cluster", "a mapping of jobs (chief, worker, ps)")
         if not isinstance(cluster, dict):
@@ -346,6 +383,11 @@ class _Parser:
             if job in cluster:
                 jobs[job] = self._parse_job(job, cluster[job])
 
+        if strategy == MULTI_WORKER_MIRRORED:
+            self._check_mirrored_jobs(cluster, jobs)
+            self._reject_duplicate_addresses(jobs)
+            return jobs
+
         for job, minimum in (("chief", 1), ("worker", 1), ("ps", 1)):
             count = _count(jobs.get(job, 0))
             if count < minimum:
@@ -360,6 +402,27 @@ class _Parser:
 
         self._reject_duplicate_addresses(jobs)
         return jobs
+
+    def _check_mirrored_jobs(self, cluster: dict, jobs: Mapping[str, int | tuple[str, ...]]) -> None:
+        """Checks the jobs of a multi_worker_mirrored spec: workers, an optional chief, no PS."""
+        if _count(jobs.get("ps", 0)):
+            raise self.fail(
+                "cluster.ps", cluster["ps"],
+                "no ps job, because MultiWorkerMirroredStrategy keeps every variable on every "
+                "worker and has no parameter servers",
+            )
+        if _count(jobs.get("worker", 0)) < 1:
+            raise self.fail(
+                "cluster.worker", cluster.get("worker", SpecError._MISSING),
+                "at least 1 worker task for MultiWorkerMirroredStrategy",
+            )
+        if _count(jobs.get("chief", 0)) > 1:
+            raise self.fail(
+                "cluster.chief", cluster["chief"],
+                "0 or 1 chief (a training worker that also writes the checkpoints)",
+            )
+        if _count(jobs.get("evaluator", 0)) > 1:
+            raise self.fail("cluster.evaluator", cluster["evaluator"], "0 or 1 evaluator")
 
     def _parse_job(self, job: str, value: object) -> int | tuple[str, ...]:
         path = f"cluster.{job}"
@@ -388,12 +451,19 @@ class _Parser:
         if not _PORT_RE.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
             raise self.fail(path, address, "a port in 1..65535")
 
-    def _reject_duplicate_addresses(self, jobs: Mapping[str, int | tuple[str, ...]]) -> None:
+    def _reject_duplicate_addresses(
+            self, jobs: Mapping[str, int | tuple[str, ...] | Mapping[int, str]]) -> None:
+        """Raises SpecError when two tasks share an address.
+
+        A job is a task count (skipped), a tuple of addresses in index order,
+        or a mapping of task index to address (a sparse TF_CONFIG job).
+        """
         seen: dict[tuple[str, int], str] = {}
         for job, value in jobs.items():
             if isinstance(value, int):
                 continue
-            for index, address in enumerate(value):
+            indexed = value.items() if isinstance(value, Mapping) else enumerate(value)
+            for index, address in indexed:
                 host, port = split_address(address)
                 key = (canonical_host(host), int(port))
                 task = f"{job}:{index}"
@@ -426,16 +496,25 @@ class _Parser:
             raise self.fail("trainer.args", args, "a mapping of option names to values")
         return module, runner, args
 
-    def _parse_training(self, training: object, runner: str | None) -> TrainingSpec:
+    def _parse_training(self, training: object, runner: str | None,
+                        strategy: str = PARAMETER_SERVER) -> TrainingSpec:
         if not isinstance(training, dict):
             raise self.fail("training", training, "a mapping")
         self._reject_unknown_keys(
             "training", training,
-            ("steps", "steps_per_execution", "checkpoint_every_steps", "steps_per_epoch", "keep_checkpoints"),
+            ("steps", "steps_per_execution", "checkpoint_every_steps", "steps_per_epoch", "keep_checkpoints",
+             "async_checkpoint"),
         )
         steps = self._integer("training.steps", training.get("steps", 1000), 1, 10**12)
-        per_execution = self._integer(
+        auto_per_execution = training.get("steps_per_execution") == "auto"
+        if auto_per_execution and runner == "fit":
+            raise self.fail("training.steps_per_execution", "auto",
+                            "an integer, because only the custom_loop runner picks the count automatically")
+        per_execution = 1 if auto_per_execution else self._integer(
             "training.steps_per_execution", training.get("steps_per_execution", 10), 1, 10**6)
+        async_checkpoint = training.get("async_checkpoint", False)
+        if not isinstance(async_checkpoint, bool):
+            raise self.fail("training.async_checkpoint", async_checkpoint, "true or false")
         every = self._integer(
             "training.checkpoint_every_steps", training.get("checkpoint_every_steps", 100), 1, 10**12)
         keep = self._integer("training.keep_checkpoints", training.get("keep_checkpoints", 3), 1, 1000)
@@ -461,11 +540,12 @@ class _Parser:
                     f"a multiple of training.steps_per_execution ({per_execution})",
                 )
         elif runner == "fit":
-            raise SpecError.missing(
-                self.source, "training.steps_per_epoch",
-                "a step count, because Keras fit under ParameterServerStrategy needs steps_per_epoch",
-            )
-        return TrainingSpec(steps, per_execution, every, per_epoch, keep)
+            reason = ("Keras fit under ParameterServerStrategy needs steps_per_epoch"
+                      if strategy == PARAMETER_SERVER else
+                      "Keras fit needs steps_per_epoch to read the trainer's dataset_fn")
+            raise SpecError.missing(self.source, "training.steps_per_epoch", f"a step count, because {reason}")
+        return TrainingSpec(steps, per_execution, every, per_epoch, keep,
+                            auto_steps_per_execution=auto_per_execution, async_checkpoint=async_checkpoint)
 
     def _parse_restart(self, restart: object) -> dict[str, RestartPolicySpec]:
         if not isinstance(restart, dict):
@@ -535,11 +615,11 @@ class _Parser:
         return float(value)
 
 
-def show_key(key: object) -> str:
-    """Formats a mapping key for a message, with repr() unless it is a printable string."""
-    if isinstance(key, str) and key and key.isprintable():
+def show_key(key: object, limit: int = 60) -> str:
+    """Formats a mapping key for a message, with repr() unless it is a short printable string."""
+    if isinstance(key, str) and key and len(key) <= limit and key.isprintable():
         return key
-    return repr(key)
+    return short_repr(key, limit)
 
 
 def _count(value: int | tuple[str, ...]) -> int:
@@ -574,12 +654,26 @@ def split_address(address: str) -> tuple[str, str]:
 def canonical_host(host: str) -> str:
     """Maps a host to one form so that duplicate addresses are found.
 
-    Names are lower-cased, IP addresses compressed, and localhost and ::1 become 127.0.0.1.
+    Names are lower-cased (a trailing dot dropped) and IP addresses
+    compressed, with IPv4-mapped IPv6 addresses as IPv4. Every form of this
+    machine becomes 127.0.0.1: localhost, any loopback address (127.0.0.0/8,
+    ::1) and the wildcards 0.0.0.0 and ::. TensorFlow's gRPC server listens
+    on 0.0.0.0:PORT whatever host its address names (`GrpcServer::Init` in
+    TensorFlow 2.21), so two local tasks on one port collide whatever their
+    hosts.
     """
     host = host.lower()
+    if host.endswith(".") and host != ".":
+        host = host[:-1]
     if _is_ip(host):
-        host = str(ipaddress.ip_address(host))
-    return "127.0.0.1" if host in ("localhost", "127.0.0.1", "::1") else host
+        address = ipaddress.ip_address(host)
+        mapped = getattr(address, "ipv4_mapped", None)
+        if mapped is not None:
+            address = mapped
+        if address.is_loopback or address.is_unspecified:
+            return "127.0.0.1"
+        return str(address)
+    return "127.0.0.1" if host == "localhost" else host
 
 
 def is_loopback(host: str) -> bool:
@@ -590,3 +684,18 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_target_steps(training: TrainingSpec, steps: int, flag: str = "--steps") -> None:
+    """Checks a target step count that overrides `training.steps`, with the spec's own rules.
+
+    Raises:
+      UsageError: `steps` is below 1 or is not a whole number of fit epochs.
+    """
+    if steps < 1:
+        raise UsageError(f"{flag}: received {steps}; expected a step count of at least 1")
+    per_epoch = training.steps_per_epoch
+    if per_epoch is not None and steps % per_epoch:
+        raise UsageError(
+            f"{flag}: received {steps}; expected a multiple of training.steps_per_epoch ({per_epoch}), "
+            "because fit runs whole epochs")

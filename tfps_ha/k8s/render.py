@@ -17,7 +17,7 @@ from kubernetes import client
 from tfps_ha.errors import UsageError
 from tfps_ha.k8s import access, names, pods, storage
 from tfps_ha.k8s.tfjob import EXIT_CODE_RETRYABLE_FROM, RESTART_POLICIES, ReplicaSpec, RunPolicy, TFJob
-from tfps_ha.spec import ClusterSpec
+from tfps_ha.spec import MULTI_WORKER_MIRRORED, ClusterSpec
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,11 @@ def render_manifests(spec: ClusterSpec, spec_text: str, image: str,
 
 def check_renderable(spec: ClusterSpec, spec_text: str, image: str, namespace: str) -> None:
     """Raises UsageError for a value that the spec parser accepts but Kubernetes does not."""
+    if spec.strategy == MULTI_WORKER_MIRRORED:
+        # TODO: Worker-only TFJobs, whose workers need the spec and the workdir volume.
+        raise UsageError(f"{spec.source}: strategy: received {MULTI_WORKER_MIRRORED!r}; expected "
+                         "parameter_server, because render-k8s does not render multi_worker_mirrored "
+                         "jobs yet; launch them locally with 'tfps-ha launch'")
     if not image or image != image.strip() or any(character.isspace() for character in image):
         raise UsageError(f"--image: received {image!r}; expected a container image reference "
                          "with the kit installed, such as example/trainer:1")

@@ -67,10 +67,19 @@ class Progress:
         if self._step_at_leader_loss is None:
             self._step_at_leader_loss = self.last_step
 
-    def open_recovery(self, task: str, signal_name: str, now: float) -> None:
-        """Starts timing the recovery from a chaos kill: it ends when the step advances again."""
+    def open_recovery(self, task: str, signal_name: str, now: float, killed_pid: int | None = None) -> None:
+        """Starts timing the recovery from a chaos kill: it ends when the step advances again.
+
+        Args:
+          task: The task killed, such as `worker:0`.
+          signal_name: The signal sent, such as `SIGKILL`.
+          now: Monotonic time of the kill.
+          killed_pid: The pid of a killed process that writes the heartbeat
+            itself. Its own last beats (a SIGTERM save) do not end the recovery;
+            only a beat of its successor does.
+        """
         recovery = {"task": task, "signal": signal_name, "step": self.last_step,
-                    "killed_at": now, "killed_at_wall": time.time()}
+                    "killed_at": now, "killed_at_wall": time.time(), "killed_pid": killed_pid}
         self.recoveries.append(recovery)
         self._open_recoveries.append(recovery)
 
@@ -79,7 +88,7 @@ class Progress:
         window_start, window_step = self._rate_window
         self._rate_window = (now, self.last_step)
         if self.last_step < 0:
-            return f"Waiting for the coordinator's first step; tasks up {tasks_up}/{tasks}."
+            return f"Waiting for the first training step; tasks up {tasks_up}/{tasks}."
 
         if window_step >= 0 and now > window_start:
             self.steps_per_second = max(0, self.last_step - window_step) / (now - window_start)
@@ -93,11 +102,13 @@ class Progress:
 
     def summary_recoveries(self) -> list[dict]:
         """Returns the recoveries without their internal timing fields."""
-        return [{key: value for key, value in item.items() if not key.startswith(("killed_at", "min_"))}
+        return [{key: value for key, value in item.items() if not key.startswith(("killed_", "min_"))}
                 for item in self.recoveries]
 
     def _close_recoveries(self, beat: dict, step: int, now: float) -> None:
         for recovery in list(self._open_recoveries):
+            if recovery["killed_pid"] is not None and beat.get("pid") == recovery["killed_pid"]:
+                continue
             recovery["min_step"] = min(recovery.get("min_step", step), step)
             if beat.get("time", 0) > recovery["killed_at_wall"] and step > recovery["min_step"]:
                 recovery["recovery_seconds"] = round(now - recovery["killed_at"], 3)

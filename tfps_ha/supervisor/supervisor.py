@@ -231,7 +231,7 @@ class Supervisor:
             log_path = self.workdir.task_log(str(record.task), record.attempt)
             message = f"{decision.reason} Last log line: {_last_log_line(log_path)!r} ({log_path})."
             logger.error("%s", message)
-            return Outcome(ExitCode.RESTART_BUDGET_SPENT, message)
+            return Outcome(_give_up_code(code, self.spec.restart[record.task.job].permanent_exit_codes), message)
 
         chief_record.restarts += 1
         self.job_restarts[record.task.job] = self.job_restarts.get(record.task.job, 0) + 1
@@ -461,7 +461,8 @@ class Supervisor:
             record.last_cause = f"chaos {name}"
             if kill.signal == signal.SIGSTOP:
                 record.stopped_by_chaos = True
-            self.progress.open_recovery(str(kill.task), name, now)
+            killed_pid = record.process.pid if kill.task == CHIEF else None
+            self.progress.open_recovery(str(kill.task), name, now, killed_pid)
             processes.kill_process(record.process, kill.signal)
 
     def _print_status(self, now: float) -> None:
@@ -545,6 +546,20 @@ class Supervisor:
             event["role"] = record.role
         with open(self.workdir.events, "a", encoding="utf-8") as stream:
             stream.write(json.dumps(event) + "\n")
+
+
+def _give_up_code(code: int, permanent_codes) -> ExitCode:
+    """Returns the launch's exit code when the supervisor gives up on a task.
+
+    A permanent exit passes its own code on (a crashed trainer is `FAILED`, a
+    bad spec `USAGE`), so the cause is not mistaken for a spent budget.
+    """
+    if code > 0 and code in permanent_codes:
+        try:
+            return ExitCode(code)
+        except ValueError:
+            return ExitCode.FAILED
+    return ExitCode.RESTART_BUDGET_SPENT
 
 
 def _last_log_line(path: str) -> str:
