@@ -8,8 +8,6 @@ import signal
 import socket
 import time
 
-import pytest
-
 from launch_helpers import (launch_output, read_events, read_summary, run_launch, start_launch,
                             wait_for_step, write_spec)
 from tfps_ha.exit_codes import ExitCode

@@ -452,7 +452,7 @@ def _check_job_restart(spec: ClusterSpec, job: str) -> list[Finding]:
         }[job]
         findings.append(Finding(
             Level.WARNING, check, f"{check}.{setting} is 0, so {consequence}.",
-            f"allow a few restarts (the defaults are in tfps_ha.spec.DEFAULT_RESTART), unless failing fast is intended."))
+            "allow a few restarts (the defaults are in tfps_ha.spec.DEFAULT_RESTART), unless failing fast is intended."))
 
     if policy.backoff_max_seconds < policy.backoff_initial_seconds:
         findings.append(Finding(

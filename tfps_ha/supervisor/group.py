@@ -19,7 +19,6 @@ process stand-ins. Restart decisions come from the pure `policy.decide`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import signal
 import time
@@ -33,8 +32,8 @@ from tfps_ha.supervisor import process as processes
 from tfps_ha.supervisor.chaos import PlannedKill
 from tfps_ha.supervisor.policy import Action, Decision, decide
 from tfps_ha.supervisor.progress import Progress
-from tfps_ha.supervisor.state import TaskState, check_transition
-from tfps_ha.supervisor.supervisor import Outcome, TaskRecord, _last_log_line
+from tfps_ha.supervisor.state import TaskState
+from tfps_ha.supervisor.records import Outcome, TaskRecord, last_log_line, record_transition, run_steps
 from tfps_ha.tf_config import ResolvedCluster, render_tf_config
 from tfps_ha.workdir import Workdir
 
@@ -136,11 +135,7 @@ class GroupSupervisor:
 
     def run(self, poll_seconds: float = 0.2) -> Outcome:
         """Steps until the job ends; returns its outcome."""
-        while True:
-            outcome = self._step()
-            if outcome is not None:
-                return outcome
-            time.sleep(poll_seconds)
+        return run_steps(self._step, poll_seconds)
 
     def request_stop(self, signum: int) -> None:
         """Records a SIGINT or SIGTERM, so that the next step sends SIGTERM to the group to save and stop."""
@@ -299,7 +294,7 @@ class GroupSupervisor:
             record = self.records[failure.task]
             self._transition(record, TaskState.GAVE_UP, exit_code=failure.exit_code, cause=decision.reason)
             log_path = self.workdir.task_log(str(record.task), record.attempt)
-            message = f"{decision.reason} Last log line: {_last_log_line(log_path)!r} ({log_path})."
+            message = f"{decision.reason} Last log line: {last_log_line(log_path)!r} ({log_path})."
             logger.error("%s", message)
             return Outcome(ExitCode.RESTART_BUDGET_SPENT, message)
 
@@ -483,13 +478,4 @@ class GroupSupervisor:
 
     def _transition(self, record: TaskRecord, state: TaskState, exit_code: int | None = None,
                     cause: str = "") -> None:
-        check_transition(record.state, state)
-        record.state = state
-        signal_name = signal.Signals(-exit_code).name if exit_code is not None and exit_code < 0 else None
-        event = {
-            "ts": time.time(), "task": str(record.task), "attempt": record.attempt, "state": state.value,
-            "exit_code": exit_code if exit_code is None or exit_code >= 0 else None,
-            "signal": signal_name, "cause": cause,
-        }
-        with open(self.workdir.events, "a", encoding="utf-8") as stream:
-            stream.write(json.dumps(event) + "\n")
+        record_transition(self.workdir, record, state, exit_code, cause)

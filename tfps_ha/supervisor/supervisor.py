@@ -24,11 +24,8 @@ Failure handling:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import signal
-import subprocess
 import time
 
 from tfps_ha.coordinator.leadership import holder_pid
@@ -42,48 +39,14 @@ from tfps_ha.supervisor import process as processes
 from tfps_ha.supervisor.chaos import PlannedKill
 from tfps_ha.supervisor.policy import Action, decide
 from tfps_ha.supervisor.progress import Progress
-from tfps_ha.supervisor.state import TaskState, check_transition
+from tfps_ha.supervisor.records import Outcome, TaskRecord, last_log_line, record_transition, run_steps
+from tfps_ha.supervisor.state import TaskState
 from tfps_ha.tf_config import ResolvedCluster, render_tf_config
 from tfps_ha.workdir import Workdir
 
 logger = logging.getLogger(__name__)
 
 CHIEF = TaskId("chief", 0)
-
-
-@dataclasses.dataclass
-class TaskRecord:
-    """The supervisor's view of one task attempt.
-
-    Attributes:
-      role: For the chief, "leader" or "standby"; empty for PS and workers.
-      stopped_by_chaos: Whether a chaos `:stop` paused the process (SIGSTOP).
-      kill_at: For a superseded leader, when it is killed if still alive.
-    """
-
-    task: TaskId
-    address: str
-    role: str = ""
-    state: TaskState = TaskState.PENDING
-    attempt: int = -1
-    restarts: int = 0
-    process: subprocess.Popen | None = None
-    started_at: float = 0.0
-    restart_at: float = 0.0
-    port_failures: int = 0
-    last_port_check: float = 0.0
-    last_exit_code: int | None = None
-    last_cause: str = ""
-    stopped_by_chaos: bool = False
-    kill_at: float = 0.0
-
-
-@dataclasses.dataclass
-class Outcome:
-    """The end state of a supervised job: its exit code and one-line message."""
-
-    exit_code: ExitCode
-    message: str
 
 
 class Supervisor:
@@ -131,11 +94,7 @@ class Supervisor:
 
     def run(self, poll_seconds: float = 0.2) -> Outcome:
         """Steps until the job ends; returns its outcome."""
-        while True:
-            outcome = self._step()
-            if outcome is not None:
-                return outcome
-            time.sleep(poll_seconds)
+        return run_steps(self._step, poll_seconds)
 
     def request_stop(self, signum: int) -> None:
         """Records a SIGINT or SIGTERM; the next step preempts the coordinator."""
@@ -229,7 +188,7 @@ class Supervisor:
         if decision.action == Action.GIVE_UP:
             self._transition(record, TaskState.GAVE_UP, exit_code=code, cause=decision.reason)
             log_path = self.workdir.task_log(str(record.task), record.attempt)
-            message = f"{decision.reason} Last log line: {_last_log_line(log_path)!r} ({log_path})."
+            message = f"{decision.reason} Last log line: {last_log_line(log_path)!r} ({log_path})."
             logger.error("%s", message)
             return Outcome(_give_up_code(code, self.spec.restart[record.task.job].permanent_exit_codes), message)
 
@@ -534,18 +493,7 @@ class Supervisor:
 
     def _transition(self, record: TaskRecord, state: TaskState, exit_code: int | None = None,
                     cause: str = "") -> None:
-        check_transition(record.state, state)
-        record.state = state
-        signal_name = signal.Signals(-exit_code).name if exit_code is not None and exit_code < 0 else None
-        event = {
-            "ts": time.time(), "task": str(record.task), "attempt": record.attempt, "state": state.value,
-            "exit_code": exit_code if exit_code is None or exit_code >= 0 else None,
-            "signal": signal_name, "cause": cause,
-        }
-        if record.role:
-            event["role"] = record.role
-        with open(self.workdir.events, "a", encoding="utf-8") as stream:
-            stream.write(json.dumps(event) + "\n")
+        record_transition(self.workdir, record, state, exit_code, cause)
 
 
 def _give_up_code(code: int, permanent_codes) -> ExitCode:
@@ -560,16 +508,3 @@ def _give_up_code(code: int, permanent_codes) -> ExitCode:
         except ValueError:
             return ExitCode.FAILED
     return ExitCode.RESTART_BUDGET_SPENT
-
-
-def _last_log_line(path: str) -> str:
-    """Returns the last non-empty line of a task log, where the error usually is."""
-    try:
-        with open(path, "rb") as stream:
-            stream.seek(0, 2)
-            stream.seek(max(0, stream.tell() - 8192))
-            lines = [line.strip() for line in stream.read().decode("utf-8", "replace").splitlines()]
-    except OSError:
-        return "(no log)"
-    lines = [line for line in lines if line]
-    return lines[-1][:300] if lines else "(empty log)"
