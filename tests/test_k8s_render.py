@@ -3,7 +3,8 @@
 The golden files in tests/golden/k8s_example/ are the manifests of
 cluster_specs/k8s_example.yaml (2 PS, 4 workers). After an intended change,
 rewrite them with `TFPS_HA_UPDATE_GOLDEN=1 pytest tests/test_k8s_render.py`
-and review the diff.
+and review the diff. tests/test_k8s_mwms.py does the same for the
+multi_worker_mirrored example.
 """
 
 from __future__ import annotations
@@ -58,23 +59,27 @@ def container(manifests: dict, replica_type: str) -> dict:
 # ------------------------------------------------------------------ golden
 
 
-def test_golden_manifests():
-    manifests = render_example()
-    rendered = {name: manifest_text(manifest, "k8s_example.yaml") for name, manifest in manifests.items()}
+def assert_matches_golden(manifests: dict[str, dict], source: str, golden: pathlib.Path) -> None:
+    """Compares rendered manifests with the files in `golden`, or rewrites them when asked."""
+    rendered = {name: manifest_text(manifest, source) for name, manifest in manifests.items()}
 
     if os.environ.get("TFPS_HA_UPDATE_GOLDEN") == "1":
-        GOLDEN.mkdir(parents=True, exist_ok=True)
-        for stale in GOLDEN.glob("*.yaml"):
+        golden.mkdir(parents=True, exist_ok=True)
+        for stale in golden.glob("*.yaml"):
             stale.unlink()
         for name, text in rendered.items():
-            (GOLDEN / name).write_text(text, encoding="utf-8")
+            (golden / name).write_text(text, encoding="utf-8")
 
-    assert sorted(rendered) == sorted(path.name for path in GOLDEN.glob("*.yaml"))
+    assert sorted(rendered) == sorted(path.name for path in golden.glob("*.yaml"))
     for name, text in rendered.items():
-        expected = (GOLDEN / name).read_text(encoding="utf-8")
+        expected = (golden / name).read_text(encoding="utf-8")
         diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
                                             f"golden/{name}", f"rendered/{name}"))
         assert text == expected, f"{name} differs from its golden file:\n{diff}"
+
+
+def test_golden_manifests():
+    assert_matches_golden(render_example(), "k8s_example.yaml", GOLDEN)
 
 
 def test_written_files_match_rendered(tmp_path):

@@ -1,5 +1,9 @@
 """Offline schema checks of the rendered manifests.
 
+They cover cluster_specs/k8s_example.yaml (parameter_server),
+cluster_specs/k8s_mwms_example.yaml (multi_worker_mirrored, workers only) and
+that spec with a chief added.
+
 * The TFJob against the OpenAPI v3 schema of the training operator's TFJob
   CRD (release v1.9.0). The CRD file is reference data outside the repository:
   `$TFPS_HA_TFJOB_CRD`, else `../shared/k8s/kubeflow.org_tfjobs.yaml` next to
@@ -25,19 +29,45 @@ import pytest
 import yaml
 
 from tfps_ha.k8s.render import render_manifests
-from tfps_ha.spec import load_spec
+from tfps_ha.spec import load_spec, parse_spec
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "cluster_specs" / "k8s_example.yaml"
+MWMS_EXAMPLE = REPO / "cluster_specs" / "k8s_mwms_example.yaml"
 CRD_ENV = "TFPS_HA_TFJOB_CRD"
 CRD_DEFAULT = REPO.parent / "shared" / "k8s" / "kubeflow.org_tfjobs.yaml"
 KUBERNETES_VERSIONS = ["1.28", kubernetes_validate.latest_version()]
+IMAGE = "example/trainer:1"
+RENDERED_SPECS = ["pss", "mwms", "mwms_chief"]
+# The core objects and replica types rendered for each entry of RENDERED_SPECS.
+CORE_FILES = {
+    "pss": ["configmap.yaml", "networkpolicy.yaml", "persistentvolumeclaim.yaml", "role.yaml",
+            "rolebinding.yaml", "serviceaccount.yaml"],
+    "mwms": ["configmap.yaml", "networkpolicy.yaml", "persistentvolumeclaim.yaml"],
+    "mwms_chief": ["configmap.yaml", "networkpolicy.yaml", "persistentvolumeclaim.yaml"],
+}
+REPLICA_TYPES = {"pss": ["Chief", "PS", "Worker"], "mwms": ["Worker"], "mwms_chief": ["Chief", "Worker"]}
 
 
 @pytest.fixture(scope="module")
-def manifests() -> dict[str, dict]:
+def rendered() -> dict[str, dict[str, dict]]:
+    """Returns the manifests of each entry of RENDERED_SPECS."""
     spec = load_spec(str(EXAMPLE))
-    return render_manifests(spec, EXAMPLE.read_text(encoding="utf-8"), "example/trainer:1")
+    mwms_text = MWMS_EXAMPLE.read_text(encoding="utf-8")
+    document = yaml.safe_load(mwms_text)
+    document["cluster"] = {"chief": 1, "worker": 3}
+    chief_text = yaml.safe_dump(document, sort_keys=False)
+    return {
+        "pss": render_manifests(spec, EXAMPLE.read_text(encoding="utf-8"), IMAGE),
+        "mwms": render_manifests(parse_spec(mwms_text), mwms_text, IMAGE),
+        "mwms_chief": render_manifests(parse_spec(chief_text), chief_text, IMAGE),
+    }
+
+
+@pytest.fixture(scope="module")
+def manifests(rendered) -> dict[str, dict]:
+    """Returns the manifests of the parameter_server example."""
+    return rendered["pss"]
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +84,10 @@ def tfjob_validator() -> jsonschema.protocols.Validator:
 # ----------------------------------------------------------------- TFJob
 
 
-def test_tfjob_matches_crd_schema(manifests, tfjob_validator):
+@pytest.mark.parametrize("spec_name", RENDERED_SPECS)
+def test_tfjob_matches_crd_schema(rendered, spec_name, tfjob_validator):
     errors = [f"{list(error.absolute_path)}: {error.message}" for error in
-              tfjob_validator.iter_errors(manifests["tfjob.yaml"])]
+              tfjob_validator.iter_errors(rendered[spec_name]["tfjob.yaml"])]
 
     assert errors == []
 
@@ -94,19 +125,30 @@ def test_crd_check_rejects_duplicate_list_keys(manifests, tfjob_validator):
 # --------------------------------------------------------- core objects
 
 
-@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("file_name", ["configmap.yaml", "networkpolicy.yaml", "persistentvolumeclaim.yaml",
-                                       "role.yaml", "rolebinding.yaml", "serviceaccount.yaml"])
-def test_core_object_valid(manifests, file_name, version):
-    kubernetes_validate.validate(manifests[file_name], version, strict=True)
+@pytest.mark.parametrize("spec_name", RENDERED_SPECS)
+def test_rendered_objects_are_covered(rendered, spec_name):
+    tfjob = rendered[spec_name]["tfjob.yaml"]
+
+    assert sorted(rendered[spec_name]) == sorted([*CORE_FILES[spec_name], "tfjob.yaml"])
+    assert list(tfjob["spec"]["tfReplicaSpecs"]) == REPLICA_TYPES[spec_name]
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("replica_type", ["Chief", "PS", "Worker"])
-def test_pod_template_valid(manifests, replica_type, version):
-    template = manifests["tfjob.yaml"]["spec"]["tfReplicaSpecs"][replica_type]["template"]
+@pytest.mark.parametrize("spec_name, file_name",
+                         [(name, file_name) for name in RENDERED_SPECS for file_name in CORE_FILES[name]])
+def test_core_object_valid(rendered, spec_name, file_name, version):
+    kubernetes_validate.validate(rendered[spec_name][file_name], version, strict=True)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("spec_name, replica_type",
+                         [(name, replica) for name in RENDERED_SPECS for replica in REPLICA_TYPES[name]])
+def test_pod_template_valid(rendered, spec_name, replica_type, version):
+    tfjob = rendered[spec_name]["tfjob.yaml"]
+    template = tfjob["spec"]["tfReplicaSpecs"][replica_type]["template"]
     pod_template = {"apiVersion": "v1", "kind": "PodTemplate",
-                    "metadata": {"name": f"ctr-k8s-{replica_type.lower()}"}, "template": template}
+                    "metadata": {"name": f"{tfjob['metadata']['name']}-{replica_type.lower()}"},
+                    "template": template}
 
     kubernetes_validate.validate(pod_template, version, strict=True)
 

@@ -1,7 +1,8 @@
 """Pod templates of the TFJob's Chief, PS and Worker replicas.
 
 Every replica runs `tfps-ha task` in a container named `tensorflow`, the one
-into which the TFJob operator injects TF_CONFIG. What differs per job:
+into which the TFJob operator injects TF_CONFIG. Under ParameterServerStrategy
+what differs per job is:
 
 * chief: the coordinator. It runs under the job's ServiceAccount (for its
   Lease), reads the spec from a ConfigMap and writes the workdir volume.
@@ -16,6 +17,12 @@ PS and worker containers wait `preemption_grace_seconds` in a preStop hook
 before they get SIGTERM. When a node drain or a job deletion stops the whole
 job at once, the coordinator then still reaches them while it drains its
 scheduled steps and saves its last checkpoint.
+
+Under MultiWorkerMirroredStrategy every chief and worker pod is alike
+(`mirrored_template`): it trains, so it reads the spec from the ConfigMap, and
+it restores the MWMS chief's backup from the workdir volume. It needs no API
+access and no preStop hook, because on SIGTERM every worker of the group saves
+the same backup at the same step, and none of them has to outlive the others.
 """
 
 from __future__ import annotations
@@ -40,27 +47,19 @@ _WORKDIR_VOLUME = "workdir"
 def chief_template(spec: ClusterSpec, image: str) -> client.V1PodTemplateSpec:
     """Returns the coordinator's pod template."""
     grace = math.ceil(spec.monitoring.preemption_grace_seconds)
-    command = ["tfps-ha", "task", "--spec", f"{SPEC_MOUNT}/{SPEC_FILE}", "--workdir", spec.workdir]
-    container = _container(spec, "chief", image, command)
+    container = _container(spec, "chief", image, _task_command(spec))
     container.env = [
         client.V1EnvVar(name=LEASE_NAME_ENV, value=names.lease_name(spec.name)),
         _field_env(LEASE_NAMESPACE_ENV, "metadata.namespace"),
         _field_env(POD_NAME_ENV, "metadata.name"),
         _field_env(POD_UID_ENV, "metadata.uid"),
     ]
-    container.volume_mounts = [
-        client.V1VolumeMount(name=_SPEC_VOLUME, mount_path=SPEC_MOUNT, read_only=True),
-        client.V1VolumeMount(name=_WORKDIR_VOLUME, mount_path=spec.workdir),
-    ]
+    container.volume_mounts = _spec_and_workdir_mounts(spec)
     pod = client.V1PodSpec(
         service_account_name=names.service_account_name(spec.name),
         termination_grace_period_seconds=grace + GRACE_MARGIN_SECONDS,
         containers=[container],
-        volumes=[
-            client.V1Volume(name=_SPEC_VOLUME, config_map=client.V1ConfigMapVolumeSource(
-                name=names.spec_config_map_name(spec.name))),
-            _workdir_volume(spec),
-        ],
+        volumes=[_spec_volume(spec), _workdir_volume(spec)],
     )
     return client.V1PodTemplateSpec(metadata=_metadata(spec, "chief"), spec=pod)
 
@@ -78,6 +77,35 @@ def worker_template(spec: ClusterSpec, image: str) -> client.V1PodTemplateSpec:
     """Returns the template of the worker pods, which run the steps the coordinator schedules."""
     container = _server_container(spec, "worker", image)
     return client.V1PodTemplateSpec(metadata=_metadata(spec, "worker"), spec=_server_pod(spec, container))
+
+
+def mirrored_template(spec: ClusterSpec, job: str, image: str) -> client.V1PodTemplateSpec:
+    """Returns the template of the pods of the MWMS `job` (chief or worker), which all train.
+
+    The command is the same for both jobs: `tfps-ha task` reads the strategy
+    from the spec and the task from the TF_CONFIG that the operator injects.
+    """
+    grace = math.ceil(spec.monitoring.preemption_grace_seconds)
+    container = _container(spec, job, image, _task_command(spec))
+    container.volume_mounts = _spec_and_workdir_mounts(spec)
+    pod = client.V1PodSpec(
+        automount_service_account_token=False,
+        termination_grace_period_seconds=grace + GRACE_MARGIN_SECONDS,
+        containers=[container],
+        volumes=[_spec_volume(spec), _workdir_volume(spec)],
+    )
+    return client.V1PodTemplateSpec(metadata=_metadata(spec, job), spec=pod)
+
+
+def _task_command(spec: ClusterSpec) -> list[str]:
+    return ["tfps-ha", "task", "--spec", f"{SPEC_MOUNT}/{SPEC_FILE}", "--workdir", spec.workdir]
+
+
+def _spec_and_workdir_mounts(spec: ClusterSpec) -> list[client.V1VolumeMount]:
+    return [
+        client.V1VolumeMount(name=_SPEC_VOLUME, mount_path=SPEC_MOUNT, read_only=True),
+        client.V1VolumeMount(name=_WORKDIR_VOLUME, mount_path=spec.workdir),
+    ]
 
 
 def _server_container(spec: ClusterSpec, job: str, image: str) -> client.V1Container:
@@ -123,6 +151,11 @@ def _metadata(spec: ClusterSpec, job: str) -> client.V1ObjectMeta:
 def _field_env(name: str, field_path: str) -> client.V1EnvVar:
     return client.V1EnvVar(
         name=name, value_from=client.V1EnvVarSource(field_ref=client.V1ObjectFieldSelector(field_path=field_path)))
+
+
+def _spec_volume(spec: ClusterSpec) -> client.V1Volume:
+    return client.V1Volume(name=_SPEC_VOLUME, config_map=client.V1ConfigMapVolumeSource(
+        name=names.spec_config_map_name(spec.name)))
 
 
 def _workdir_volume(spec: ClusterSpec) -> client.V1Volume:

@@ -16,7 +16,14 @@ from kubernetes import client
 
 from tfps_ha.errors import UsageError
 from tfps_ha.k8s import access, names, pods, storage
-from tfps_ha.k8s.tfjob import EXIT_CODE_RETRYABLE_FROM, RESTART_POLICIES, ReplicaSpec, RunPolicy, TFJob
+from tfps_ha.k8s.tfjob import (
+    EXIT_CODE_RETRYABLE_FROM,
+    MIRRORED_RESTART_POLICIES,
+    RESTART_POLICIES,
+    ReplicaSpec,
+    RunPolicy,
+    TFJob,
+)
 from tfps_ha.spec import MULTI_WORKER_MIRRORED, ClusterSpec
 
 logger = logging.getLogger(__name__)
@@ -37,7 +44,8 @@ def render_manifests(spec: ClusterSpec, spec_text: str, image: str,
 
     Args:
       spec: The validated cluster spec.
-      spec_text: The spec file as written, stored in the ConfigMap the coordinator reads.
+      spec_text: The spec file as written, stored in the ConfigMap that the
+        tasks read.
       image: The container image of every task; it must contain the kit.
       namespace: Overrides `kubernetes.namespace` of the spec.
 
@@ -51,21 +59,19 @@ def render_manifests(spec: ClusterSpec, spec_text: str, image: str,
     check_renderable(spec, spec_text, image, namespace)
 
     job = spec.name
-    templates = {
-        "chief": pods.chief_template(spec, image),
-        "ps": pods.ps_template(spec, image),
-        "worker": pods.worker_template(spec, image),
-    }
-    replica_specs = {
-        task_job: ReplicaSpec(replicas=spec.task_count(task_job), restart_policy=RESTART_POLICIES[task_job],
-                              template=template)
-        for task_job, template in templates.items()
-    }
-    backoff_limit = spec.restart["ps"].max_restarts_per_job + spec.restart["worker"].max_restarts_per_job
+    mirrored = spec.strategy == MULTI_WORKER_MIRRORED
+    if mirrored:
+        # The tfjob module docstring explains why an MWMS job has no backoffLimit.
+        replica_specs = _mirrored_replicas(spec, image)
+        run_policy = RunPolicy(clean_pod_policy="Running", backoff_limit=None)
+    else:
+        replica_specs = _parameter_server_replicas(spec, image)
+        backoff_limit = spec.restart["ps"].max_restarts_per_job + spec.restart["worker"].max_restarts_per_job
+        run_policy = RunPolicy(clean_pod_policy="Running", backoff_limit=backoff_limit)
     tfjob = TFJob(
         metadata=client.V1ObjectMeta(name=job, namespace=namespace, labels=names.object_labels(job)),
         replica_specs=replica_specs,
-        run_policy=RunPolicy(clean_pod_policy="Running", backoff_limit=backoff_limit),
+        run_policy=run_policy,
     )
 
     api_client = client.ApiClient()
@@ -74,11 +80,14 @@ def render_manifests(spec: ClusterSpec, spec_text: str, image: str,
         manifests = {
             "configmap.yaml": serialize(storage.spec_config_map(spec, spec_text, namespace)),
             "networkpolicy.yaml": serialize(access.network_policy(job, namespace, spec.kubernetes.port)),
-            "role.yaml": serialize(access.lease_role(job, namespace)),
-            "rolebinding.yaml": serialize(access.lease_role_binding(job, namespace)),
-            "serviceaccount.yaml": serialize(access.service_account(job, namespace)),
             "tfjob.yaml": tfjob.to_dict(api_client),
         }
+        if not mirrored:
+            # Only the PSS coordinator holds a Lease. The MWMS chief is fixed by
+            # TF_CONFIG, so MWMS pods elect no leader and call no API.
+            manifests["role.yaml"] = serialize(access.lease_role(job, namespace))
+            manifests["rolebinding.yaml"] = serialize(access.lease_role_binding(job, namespace))
+            manifests["serviceaccount.yaml"] = serialize(access.service_account(job, namespace))
         if spec.kubernetes.workdir_claim is None:
             manifests["persistentvolumeclaim.yaml"] = serialize(storage.workdir_claim(spec, namespace))
     finally:
@@ -86,13 +95,40 @@ def render_manifests(spec: ClusterSpec, spec_text: str, image: str,
     return dict(sorted(manifests.items()))
 
 
+def _parameter_server_replicas(spec: ClusterSpec, image: str) -> dict[str, ReplicaSpec]:
+    templates = {
+        "chief": pods.chief_template(spec, image),
+        "ps": pods.ps_template(spec, image),
+        "worker": pods.worker_template(spec, image),
+    }
+    return {
+        task_job: ReplicaSpec(replicas=spec.task_count(task_job), restart_policy=RESTART_POLICIES[task_job],
+                              template=template)
+        for task_job, template in templates.items()
+    }
+
+
+def _mirrored_replicas(spec: ClusterSpec, image: str) -> dict[str, ReplicaSpec]:
+    """Returns the Worker replicas, and the Chief when the spec has one, all training under MWMS."""
+    return {
+        task_job: ReplicaSpec(replicas=spec.task_count(task_job),
+                              restart_policy=MIRRORED_RESTART_POLICIES[task_job],
+                              template=pods.mirrored_template(spec, task_job, image))
+        for task_job in ("chief", "worker")
+        if spec.task_count(task_job)
+    }
+
+
 def check_renderable(spec: ClusterSpec, spec_text: str, image: str, namespace: str) -> None:
     """Raises UsageError for a value that the spec parser accepts but Kubernetes does not."""
-    if spec.strategy == MULTI_WORKER_MIRRORED:
-        # TODO: Worker-only TFJobs, whose workers need the spec and the workdir volume.
-        raise UsageError(f"{spec.source}: strategy: received {MULTI_WORKER_MIRRORED!r}; expected "
-                         "parameter_server, because render-k8s does not render multi_worker_mirrored "
-                         "jobs yet; launch them locally with 'tfps-ha launch'")
+    if spec.strategy == MULTI_WORKER_MIRRORED and spec.task_count("chief") + spec.task_count("worker") < 2:
+        # The operator injects TF_CONFIG only into a job of two or more
+        # replicas (isDistributed in training-operator v1.9.0), and the MWMS
+        # worker exits USAGE without one.
+        raise UsageError(
+            f"{spec.source}: cluster.worker: received {spec.task_count('worker')}; expected at least 2 chief "
+            "and worker tasks in a multi_worker_mirrored TFJob, because the training operator sets no "
+            "TF_CONFIG in a job of one replica; add a worker, or train on one machine with 'tfps-ha launch'")
     if not image or image != image.strip() or any(character.isspace() for character in image):
         raise UsageError(f"--image: received {image!r}; expected a container image reference "
                          "with the kit installed, such as example/trainer:1")
@@ -112,7 +148,7 @@ def check_renderable(spec: ClusterSpec, spec_text: str, image: str, namespace: s
     mount = os.path.normpath(spec.workdir)
     if os.path.commonpath([mount, pods.SPEC_MOUNT]) in (mount, pods.SPEC_MOUNT):  # One contains the other.
         raise UsageError(f"{spec.source}: workdir: received {spec.workdir!r}; expected a path apart from "
-                         f"{pods.SPEC_MOUNT}, where the chief mounts the spec")
+                         f"{pods.SPEC_MOUNT}, where the pods mount the spec")
     size = len(spec_text.encode("utf-8"))
     if size > storage.CONFIG_MAP_MAX_BYTES:
         raise UsageError(f"{spec.source}: the spec file has {size} bytes; expected at most "
@@ -121,26 +157,47 @@ def check_renderable(spec: ClusterSpec, spec_text: str, image: str, namespace: s
 
 def render_warnings(spec: ClusterSpec) -> list[str]:
     """Returns what the rendered job leaves out or handles differently from a local launch."""
+    mirrored = spec.strategy == MULTI_WORKER_MIRRORED
     warnings = []
+
     if spec.task_count("evaluator"):
+        evaluating = "every worker" if mirrored else "the coordinator"
         warnings.append(
             "The evaluator is left out of the TFJob because 'tfps-ha task' does not run one; "
-            "the coordinator still calls the trainer's evaluate() after training.")
+            f"{evaluating} still calls the trainer's evaluate() after training.")
+
     listed = [job for job in ("chief", "ps", "worker") if not isinstance(spec.jobs.get(job, 0), int)]
     if listed:
         warnings.append(
             f"The addresses listed for {', '.join(listed)} are ignored; on Kubernetes every task listens on "
             f"port {spec.kubernetes.port} of its pod, named JOB-TYPE-INDEX.NAMESPACE.svc in TF_CONFIG.")
-    retried = sorted(code for code in spec.restart["chief"].permanent_exit_codes if code >= EXIT_CODE_RETRYABLE_FROM)
-    if retried:
+
+    unused = sorted(job for job in spec.kubernetes.resources if not spec.task_count(job))
+    if unused:
         warnings.append(
-            f"restart.chief.permanent_exit_codes lists {retried}, but the TFJob ExitCode policy restarts "
-            f"the chief after any exit code from {EXIT_CODE_RETRYABLE_FROM}.")
-    if spec.startup_timeout_seconds < MIN_STARTUP_TIMEOUT_SECONDS:
+            f"kubernetes.resources has settings for {', '.join(unused)}, but the cluster has no such tasks; "
+            "those settings are not used.")
+
+    # In a local launch, restart.chief decides about the coordinator's exits
+    # and restart.worker about the MWMS group's. On Kubernetes the TFJob's
+    # ExitCode policy decides instead.
+    restarted = "worker" if mirrored else "chief"
+    retried = sorted(code for code in spec.restart[restarted].permanent_exit_codes
+                     if code >= EXIT_CODE_RETRYABLE_FROM)
+    if retried:
+        replicas = "chief and worker pods" if mirrored else "chief"
+        warnings.append(
+            f"restart.{restarted}.permanent_exit_codes lists {retried}, but the TFJob ExitCode policy restarts "
+            f"the {replicas} after any exit code from {EXIT_CODE_RETRYABLE_FROM}.")
+
+    # An MWMS worker has no start-up deadline of its own. TensorFlow's
+    # coordination service waits for its peers to register.
+    if not mirrored and spec.startup_timeout_seconds < MIN_STARTUP_TIMEOUT_SECONDS:
         warnings.append(
             f"startup_timeout_seconds is {spec.startup_timeout_seconds:g}; pods can take minutes to be "
             f"scheduled and pull the image, and the coordinator's STARTUP_TIMEOUT exit (4) fails the TFJob "
             f"for good. Consider at least {MIN_STARTUP_TIMEOUT_SECONDS}.")
+
     return warnings
 
 
