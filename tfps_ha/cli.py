@@ -71,7 +71,9 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="PNG file to write (default: WORKDIR/report.png)")
 
     render_k8s = commands.add_parser(
-        "render-k8s", help="write the Kubernetes manifests (a Kubeflow TFJob, its NetworkPolicy and, for parameter_server specs, the Lease RBAC) of a spec")
+        "render-k8s",
+        help="write the Kubernetes manifests of a spec: a Kubeflow TFJob, its NetworkPolicy and, for "
+             "parameter_server specs, the Lease RBAC")
     render_k8s.add_argument("spec", help="path of the cluster spec YAML")
     render_k8s.add_argument("--image", required=True, help="container image of every task, with the kit installed")
     render_k8s.add_argument("--namespace", help="namespace of every object (default: the spec's kubernetes.namespace)")
