@@ -100,7 +100,15 @@ def run_mirrored_worker(spec: ClusterSpec, config: TaskConfig, workdir: Workdir,
             "compiled model, or use strategy parameter_server")
     os.makedirs(workdir.root, exist_ok=True)
 
-    strategy = build_mirrored_strategy(tf, config.cluster, task, spec.monitoring.collective_timeout_seconds)
+    try:
+        strategy = build_mirrored_strategy(tf, config.cluster, task, spec.monitoring.collective_timeout_seconds)
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+            tf.errors.CancelledError) as error:
+        # A peer that died or restarted while the group formed: retryable, so
+        # the supervisor (or the operator's ExitCode policy) starts the group again.
+        logger.error("Task %s could not join the worker group (%s: %s); exiting with %s.", task,
+                     type(error).__name__, _summarize(error), ExitCode.CLUSTER_UNAVAILABLE.name)
+        return ExitCode.CLUSTER_UNAVAILABLE
     # The coordination service that the strategy starts installs its own
     # SIGTERM handler in C++ (SigtermNotifier in tsl's preemption_notifier,
     # TensorFlow 2.21), which replaces this one, so it is installed again.
