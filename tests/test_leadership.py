@@ -54,8 +54,8 @@ def wait_until(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def start_candidate(lease_path: str) -> tuple[subprocess.Popen, int]:
-    process = subprocess.Popen([sys.executable, "-c", CANDIDATE, lease_path, str(LEASE_SECONDS)],
+def start_candidate(lease_path: str, lease_seconds: float = LEASE_SECONDS) -> tuple[subprocess.Popen, int]:
+    process = subprocess.Popen([sys.executable, "-c", CANDIDATE, lease_path, str(lease_seconds)],
                                stdout=subprocess.PIPE, text=True)
     words = process.stdout.readline().split()
     assert words[:2] == ["LEADS", "1"], words
@@ -220,3 +220,18 @@ def test_holder_id_adds_pod_uid(monkeypatch):
 
     assert holder.endswith(" pod 0a1b-2c3d")
     assert holder_pid(holder) == os.getpid()
+
+
+def test_killed_keeper_restarted(tmp_path):
+    lease = FileLease(str(tmp_path / "leader.lease"))
+    # A longer lease than the other tests, so the restarted keeper has time to start.
+    process, keeper_pid = start_candidate(lease.path, lease_seconds=4.0)
+    try:
+        os.kill(keeper_pid, signal.SIGKILL)
+        time.sleep(6.0)
+
+        assert lease.try_acquire("standby", 4.0) is None
+        assert process.poll() is None
+    finally:
+        process.kill()
+        process.wait()

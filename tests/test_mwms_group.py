@@ -20,6 +20,7 @@ import pytest
 from tfps_ha.exit_codes import ExitCode
 from tfps_ha.spec import RestartPolicySpec, TaskId, load_spec
 from tfps_ha.supervisor import group as group_module
+from tfps_ha.supervisor import probe as probe_module
 from tfps_ha.supervisor.chaos import PlannedKill
 from tfps_ha.supervisor.group import GroupSupervisor, decide_group_restart
 from tfps_ha.supervisor.policy import Action
@@ -126,6 +127,7 @@ def harness(tmp_path, monkeypatch):
     monkeypatch.setattr(group_module.processes, "kill_process", kill_process)
     monkeypatch.setattr(group_module.processes, "stop_process", stop_process)
     monkeypatch.setattr(group_module, "port_accepts", lambda address, timeout=1.0: True)
+    monkeypatch.setattr(probe_module, "port_accepts", lambda address, timeout=1.0: True)
 
     def build(chaos=None, restart=None, **monitoring) -> Harness:
         # The deadlines and the policy are fixed here, so the tests do not follow the defaults.

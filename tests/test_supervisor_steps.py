@@ -20,6 +20,7 @@ from tfps_ha.coordinator.leadership import holder_id
 from tfps_ha.exit_codes import ExitCode
 from tfps_ha.lease.file import FileLease
 from tfps_ha.spec import load_spec
+from tfps_ha.supervisor import probe as probe_module
 from tfps_ha.supervisor import supervisor as supervisor_module
 from tfps_ha.supervisor.state import TaskState
 from tfps_ha.supervisor.supervisor import CHIEF, Supervisor
@@ -80,6 +81,7 @@ def harness(tmp_path, monkeypatch):
     monkeypatch.setattr(supervisor_module.processes, "kill_process", kill_process)
     monkeypatch.setattr(supervisor_module.processes, "stop_process", stop_process)
     monkeypatch.setattr(supervisor_module, "port_accepts", lambda address, timeout=1.0: True)
+    monkeypatch.setattr(probe_module, "port_accepts", lambda address, timeout=1.0: True)
 
     def build(**monitoring):
         spec = load_spec(SPEC)
@@ -287,3 +289,38 @@ def test_preempt_stops_standby_and_leader(harness):
     assert standby.process is None
     assert standby.state == TaskState.STOPPED
     assert leader.state == TaskState.STOPPED
+
+
+def test_stopped_server_killed_as_dead(harness, monkeypatch):
+    supervisor, clock, _ = harness()
+    ps = supervisor.records[next(task for task in supervisor.records if task.job == "ps")]
+    ps_process = ps.process
+    monkeypatch.setattr(supervisor_module.processes, "process_state",
+                        lambda pid: "T" if pid == ps_process.pid else "S")
+
+    for _ in range(supervisor.spec.monitoring.port_failures_before_dead):
+        clock.now += supervisor.spec.monitoring.port_check_interval_seconds
+        supervisor._step()
+
+    assert signal.SIGKILL in ps_process.signals
+    supervisor._step()
+    assert ps.state == TaskState.BACKOFF
+    ps_events = [event for event in events(supervisor) if event["task"] == "ps:0" and event["state"] == "FAILED"]
+    assert ps_events[-1]["cause"] == "process stopped"
+
+
+def test_stopped_standby_not_promoted(harness, monkeypatch):
+    supervisor, _, _ = harness()
+    lead(supervisor)
+    supervisor._step()
+    leader, standby = supervisor.records[CHIEF], supervisor.standby
+    standby_process = standby.process
+    monkeypatch.setattr(supervisor_module.processes, "process_state",
+                        lambda pid: "T" if pid == standby_process.pid else "S")
+    leader.process.code = -9
+
+    supervisor._step()
+
+    assert supervisor.failovers == 0
+    assert signal.SIGKILL in standby_process.signals
+    assert leader.state == TaskState.BACKOFF

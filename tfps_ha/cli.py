@@ -179,7 +179,14 @@ def _run(args: argparse.Namespace) -> int:
         out = os.path.abspath(args.out or os.path.join(workdir, "report.png"))
         if not os.path.isdir(os.path.dirname(out)):
             raise UsageError(f"--out: folder {os.path.dirname(out)!r} not found; create it or choose another path")
-        write_report(workdir, out)
+        if os.path.isdir(out):
+            raise UsageError(f"--out: {out!r} is a folder; expected a file path such as {out}/run.png")
+        if not out.lower().endswith(".png"):
+            raise UsageError(f"--out: received {out!r}; expected a .png file name, because the report is a PNG")
+        try:
+            write_report(workdir, out)
+        except OSError as error:
+            raise UsageError(f"--out: cannot write {out!r}: {error.strerror or error}") from None
         print(f"Wrote {out}.")
         return ExitCode.OK
 

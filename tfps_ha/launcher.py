@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
+import socket
 import time
 
 from tfps_ha.errors import UsageError
+from tfps_ha.coordinator.leadership import holder_host, holder_pid
 from tfps_ha.exit_codes import ExitCode
+from tfps_ha.lease import LeaseError
+from tfps_ha.lease.file import FileLease
 from tfps_ha.net import port_in_use
 from tfps_ha.spec import MULTI_WORKER_MIRRORED, ClusterSpec, check_target_steps
 from tfps_ha.supervisor.chaos import parse_chaos
@@ -26,14 +31,25 @@ def launch(spec: ClusterSpec, spec_path: str, workdir: str | None = None, steps:
     """Runs every task of `spec` on this machine until the target step.
 
     Re-running on the same workdir resumes from the latest checkpoint; a job
-    that already reached its target is not started again.
+    that already reached its target is not started again. One launch at a
+    time may use a workdir: it holds `WORKDIR/launch.lock` while it runs.
+
+    Args:
+      spec: The validated cluster spec.
+      spec_path: The spec's file, passed on to every task.
+      workdir: The working folder; default the spec's `workdir`.
+      steps: Target step count instead of `training.steps`.
+      chaos: A `--chaos` kill plan.
+      status_port: Port of the status endpoints on 127.0.0.1 (0 picks one);
+        None serves none.
 
     Returns:
       The exit code: 0 only when training completed.
 
     Raises:
-      UsageError: The chaos plan is invalid, tf-keras is missing, or the
-        workdir cannot be created.
+      UsageError: The chaos plan is invalid, tf-keras is missing, the workdir
+        cannot be created or is in use by another launch, or a live
+        coordinator holds its leader lease.
     """
     check_keras_environment()
     target = steps or spec.training.steps
@@ -45,9 +61,19 @@ def launch(spec: ClusterSpec, spec_path: str, workdir: str | None = None, steps:
     except OSError as error:
         raise UsageError(f"--workdir: cannot create {folder.root}: {error.strerror}") from None
 
+    workdir_lock = _lock_workdir(folder)
+    try:
+        return _launch_locked(spec, spec_path, folder, target, chaos, status_port)
+    finally:
+        os.close(workdir_lock)
+
+
+def _launch_locked(spec: ClusterSpec, spec_path: str, folder: Workdir, target: int, chaos: str | None,
+                   status_port: int | None) -> int:
     previous = read_json(folder.result)
-    if previous and previous.get("completed") and previous.get("target_steps") == target:
-        print(f"Job in {folder.root} already reached step {target}; nothing to do.", flush=True)
+    if previous and previous.get("completed") and int(previous.get("final_step", 0)) >= target:
+        print(f"Job in {folder.root} already reached step {previous.get('final_step')}; nothing to do.",
+              flush=True)
         summary = _summary(previous, target, None, 0.0)
         summary["resumed_from_step"] = previous.get("final_step", target)
         write_json_atomic(folder.summary, summary)
@@ -57,6 +83,12 @@ def launch(spec: ClusterSpec, spec_path: str, workdir: str | None = None, steps:
     for stale in (folder.result, folder.heartbeat, folder.summary):
         if os.path.exists(stale):
             os.unlink(stale)
+    try:
+        os.makedirs(os.path.join(folder.root, "logs"), exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--workdir: cannot create {os.path.join(folder.root, 'logs')}: {error.strerror}") from None
+    if spec.strategy != MULTI_WORKER_MIRRORED:
+        _clear_stale_lease(folder)
 
     cluster = resolve_cluster(spec)
     plan = parse_chaos(chaos, cluster, target) if chaos else []
@@ -108,6 +140,68 @@ def launch(spec: ClusterSpec, spec_path: str, workdir: str | None = None, steps:
     if not completed:
         logger.error("Job did not complete: %s Checkpoints are kept in %s.", outcome.message, folder.root)
     return summary["exit_code"]
+
+
+def _lock_workdir(folder: Workdir) -> int:
+    """Takes the workdir's launch lock for the life of this process; returns its file descriptor.
+
+    Raises:
+      UsageError: Another launch holds the lock.
+    """
+    path = os.path.join(folder.root, "launch.lock")
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise UsageError(f"--workdir: cannot create {path}: {error.strerror}") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(descriptor, 64).decode("ascii", "replace").strip() or "unknown"
+        os.close(descriptor)
+        raise UsageError(f"--workdir: {folder.root} is in use by another launch (pid {owner}); wait for it to "
+                         "end or choose another --workdir") from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode("ascii"))
+    return descriptor
+
+
+def _clear_stale_lease(folder: Workdir) -> None:
+    """Revokes a leader lease left by a dead coordinator of this host, and rejects a live foreign one.
+
+    Raises:
+      UsageError: An unexpired lease is held by a coordinator on another
+        host, or by a process of this host that still runs.
+    """
+    lease = FileLease(folder.lease)
+    try:
+        record = lease.read()
+    except LeaseError as error:
+        raise UsageError(f"--workdir: {error}; delete {folder.lease} if no coordinator uses this workdir") from None
+    if record is None or record.expired(time.time()):
+        return
+
+    pid = holder_pid(record.holder)
+    local = holder_host(record.holder) == socket.gethostname()
+    if local and pid is not None and not _process_exists(pid):
+        lease.revoke(record.holder)
+        logger.info("Revoked the leader lease of %r, a coordinator of this host that no longer runs.",
+                    record.holder)
+        return
+    remaining = record.expires_at - time.time()
+    raise UsageError(
+        f"--workdir: the leader lease in {folder.lease} is held by {record.holder!r} at epoch {record.epoch} "
+        f"for another {remaining:.0f} s, so another coordinator may still use this workdir; stop it, wait "
+        "for the lease to expire, or delete the file if you are sure it is stale")
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _summary(result: dict, target: int, supervisor: Supervisor | GroupSupervisor | None,

@@ -31,11 +31,11 @@ import time
 
 from tfps_ha.errors import StartupTimeoutError
 from tfps_ha.lease import LeaseBackend, LeaseError, LeaseRecord, LeadershipLostError
-from tfps_ha.supervisor.process import die_with_parent
 
 logger = logging.getLogger(__name__)
 
 STANDBY_LOG_INTERVAL_SECONDS = 60.0
+MAX_KEEPER_RESTARTS = 5
 # Set in the coordinator pod by the manifests of `tfps-ha render-k8s`.
 POD_UID_ENV = "TFPS_HA_POD_UID"
 
@@ -54,10 +54,20 @@ def holder_id(task: str, attempt: int | None) -> str:
 
 def holder_pid(holder: str) -> int | None:
     """Returns the pid inside a `holder_id`, or None when it has none."""
+    value = _holder_field(holder, "pid")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def holder_host(holder: str) -> str | None:
+    """Returns the host name inside a `holder_id`, or None when it has none."""
+    return _holder_field(holder, "host")
+
+
+def _holder_field(holder: str, name: str) -> str | None:
     words = holder.split()
-    for name, value in zip(words, words[1:]):
-        if name == "pid" and value.isdigit():
-            return int(value)
+    for key, value in zip(words, words[1:]):
+        if key == name:
+            return value
     return None
 
 
@@ -89,6 +99,8 @@ class Leadership:
         self.previous: LeaseRecord | None = None
         self._keeper: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
+        self._released = False
+        self._keeper_restarts = 0
 
     @property
     def epoch(self) -> int:
@@ -149,8 +161,10 @@ class Leadership:
                    "--holder", self.holder, "--epoch", str(self.epoch),
                    "--seconds", str(self.lease_seconds), "--parent", str(os.getpid())]
         try:
-            self._keeper = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                            text=True, preexec_fn=die_with_parent)
+            # No parent-death signal: Linux sends it when the spawning thread
+            # ends, and a restart comes from the reader thread. The keeper
+            # checks its parent before every renewal instead.
+            self._keeper = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
         except OSError as error:
             raise LeaseError(f"could not start the lease keeper: {error}") from error
         self._reader = threading.Thread(target=self._read_keeper, name="lease-keeper-reader", daemon=True)
@@ -175,6 +189,7 @@ class Leadership:
 
     def release(self, end_lease: bool = True) -> None:
         """Stops renewing and, with `end_lease`, ends the lease now so a standby need not wait."""
+        self._released = True
         self._stop_keeper()
         if self.record is None or self.lost is not None or not end_lease:
             return
@@ -186,7 +201,8 @@ class Leadership:
                            "expires.", error)
 
     def _read_keeper(self) -> None:
-        for line in self._keeper.stdout:
+        keeper = self._keeper
+        for line in keeper.stdout:
             if not line.startswith("LOST"):
                 continue
             try:
@@ -198,6 +214,22 @@ class Leadership:
                          self.lost)
             self.stop.set()
             return
+
+        # The keeper's output ended without a loss report: it exited.
+        code = keeper.wait()
+        if self._released or self.lost is not None:
+            return
+        if self._keeper_restarts >= MAX_KEEPER_RESTARTS:
+            logger.error("Lease keeper exited with %s for the %d time; the coordinator stops renewing, so a "
+                         "standby takes over when the lease expires.", code, self._keeper_restarts + 1)
+            return
+        self._keeper_restarts += 1
+        logger.warning("Lease keeper pid %d exited with %s; starting it again (%d/%d).", keeper.pid, code,
+                       self._keeper_restarts, MAX_KEEPER_RESTARTS)
+        try:
+            self.start_renewing()
+        except LeaseError as error:
+            logger.error("Could not restart the lease keeper: %s", error)
 
     def _stop_keeper(self) -> None:
         if self._keeper is None or self._keeper.poll() is not None:

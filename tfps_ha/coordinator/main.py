@@ -57,10 +57,15 @@ def run_coordinator(spec: ClusterSpec, cluster: ResolvedCluster, workdir: Workdi
     started = time.time()
     target = target_steps or spec.training.steps
     stop = threading.Event()
+    leading = threading.Event()
 
     def on_sigterm(signum, _frame):
-        logger.warning("Coordinator received %s; it stops scheduling and saves a checkpoint.",
-                       signal.Signals(signum).name)
+        if leading.is_set():
+            logger.warning("Coordinator received %s; it stops scheduling and saves a checkpoint.",
+                           signal.Signals(signum).name)
+        else:
+            logger.warning("Coordinator received %s before it led; it exits without training.",
+                           signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -86,6 +91,7 @@ def run_coordinator(spec: ClusterSpec, cluster: ResolvedCluster, workdir: Workdi
     if record is None:
         logger.warning("Coordinator stopped while standing by; it never led.")
         return ExitCode.PREEMPTED
+    leading.set()
     leadership.start_renewing()
     previous = f" from {leadership.previous.holder!r}" if leadership.previous else ""
     logger.info("Coordinator %s leads at epoch %d%s.", leadership.holder, record.epoch, previous)

@@ -47,6 +47,10 @@ class LeadershipLostError(Exception):
         self.current = current
         if current is None:
             now_text = "no lease is stored"
+        elif current.holder == holder and current.epoch == epoch:
+            now_text = (f"its lease expired or has too little time left (expiry at "
+                        f"{time.strftime('%H:%M:%S', time.localtime(current.expires_at))}), so a standby may "
+                        "take over")
         else:
             now_text = f"the lease is held by {current.holder!r} at epoch {current.epoch}"
         super().__init__(f"{holder!r} lost leadership of epoch {epoch}: {now_text}")

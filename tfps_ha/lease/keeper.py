@@ -27,38 +27,18 @@ import time
 
 from tfps_ha.lease import LeaseBackend, LeaseError, LeadershipLostError
 from tfps_ha.lease.file import FileLease
+from tfps_ha.supervisor.process import process_state
 
 logger = logging.getLogger(__name__)
 
 EXIT_LOST = 3
 
 
-def parent_state(pid: int) -> str | None:
-    """Returns the process state letter of `pid` from /proc (`T` when stopped), or None when it is gone.
-
-    Where /proc is missing (not Linux), a live process reads as running (`R`).
-    """
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stream:
-            fields = stream.read().rsplit(")", 1)[1].split()
-        return fields[0]
-    except FileNotFoundError:
-        if not os.path.exists("/proc/self/stat"):
-            try:
-                os.kill(pid, 0)
-                return "R"
-            except ProcessLookupError:
-                return None
-        return None
-    except (OSError, IndexError):
-        return None
-
-
 def keep(lease: LeaseBackend, holder: str, epoch: int, seconds: float, parent: int) -> int:
     """Renews the lease every quarter of `seconds` while `parent` runs; returns the exit code."""
     interval = seconds / 4
     while True:
-        state = parent_state(parent)
+        state = process_state(parent)
         if state is None or state == "Z" or os.getppid() != parent:
             return 0
         if state not in ("T", "t"):

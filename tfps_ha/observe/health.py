@@ -40,6 +40,8 @@ def check_health(status: dict[str, Any], spec: ClusterSpec | None = None) -> tup
         return False, f"job ended ({status['exit_reason']}): {status['message']}"
     if state == "no_job":
         return False, f"no job files in {status['workdir']}"
+    if state == "interrupted":
+        return False, "no launch runs and the last one ended without a summary (the launcher was killed)"
 
     chief = status["tasks"].get("chief:0")
     attempt_started = chief["since"] if chief and chief["state"] in ("STARTING", "RUNNING") else None

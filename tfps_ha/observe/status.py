@@ -8,7 +8,9 @@ The status dict has these keys (a value is None when the files do not tell):
   workdir: The job's working folder.
   time: Wall time when the status was taken.
   job_state: `no_job` (no job files), `starting` (no coordinator yet),
-    `running`, `completed`, `failed` or `stopped` (PREEMPTED: resumable).
+    `running`, `completed`, `failed`, `stopped` (PREEMPTED: resumable) or
+    `interrupted` (no launch holds the workdir's launch lock, yet the last
+    one wrote no summary: the launcher was killed; run it again to resume).
   completed: Whether training reached its target step.
   exit_code, exit_reason, message: The launch's exit code, its name (such as
     `RESTART_BUDGET_SPENT`) and one-line message once it ended.
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import json
 import math
+import fcntl
 import os
 import threading
 import time
@@ -157,6 +160,8 @@ class WorkdirStatus:
 
         status: dict[str, Any] = {"workdir": self.workdir.root, "time": now, "launched_at": launched_at}
         status.update(_job_state(launch, summary, result, has_job_files(self.workdir.root)))
+        if status["job_state"] in ("running", "starting") and launch_running(self.workdir.root) is False:
+            status["job_state"] = "interrupted"
         status.update(_training(status, heartbeat, progress, summary, result, self.spec, now))
         if status["step_changed_at"] is None:
             status["step_changed_at"] = self._heartbeat_step_changed_at
@@ -214,6 +219,22 @@ def _fresh_json(path: str, launched_at: float | None) -> dict[str, Any] | None:
     if launched_at is not None and written_at < launched_at:
         return None
     return value
+
+
+def launch_running(workdir: str) -> bool | None:
+    """Returns whether a launch holds `WORKDIR/launch.lock`, or None when there is no lock file."""
+    path = os.path.join(workdir, "launch.lock")
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
+    return False
 
 
 def _job_state(launch: Launch | None, summary: dict | None, result: dict | None,

@@ -22,6 +22,8 @@ def format_status(status: dict[str, Any]) -> str:
 def _job_line(status: dict[str, Any]) -> str:
     state = status["job_state"]
     text = f"Job in {status['workdir']}: {state}"
+    if state == "interrupted":
+        text += " (the launcher was killed before it wrote a summary; run the same launch again to resume)"
     if status["exit_reason"]:
         text += f" (exit {status['exit_code']} {status['exit_reason']})"
     if status["message"]:

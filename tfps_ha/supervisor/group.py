@@ -31,6 +31,7 @@ from tfps_ha.spec import ClusterSpec, RestartPolicySpec, TaskId
 from tfps_ha.supervisor import process as processes
 from tfps_ha.supervisor.chaos import PlannedKill
 from tfps_ha.supervisor.policy import Action, Decision, decide
+from tfps_ha.supervisor.probe import probe_server
 from tfps_ha.supervisor.progress import Progress
 from tfps_ha.supervisor.state import TaskState
 from tfps_ha.supervisor.records import Outcome, TaskRecord, last_log_line, record_transition, run_steps
@@ -345,22 +346,10 @@ class GroupSupervisor:
         return None
 
     def _probe_ports(self, now: float) -> None:
-        monitoring = self.spec.monitoring
         for record in self.records.values():
             if record.state != TaskState.RUNNING or record.process is None:
                 continue
-            if now - record.last_port_check < monitoring.port_check_interval_seconds:
-                continue
-            record.last_port_check = now
-            if port_accepts(record.address, timeout=1.0):
-                record.port_failures = 0
-                continue
-            record.port_failures += 1
-            if record.port_failures >= monitoring.port_failures_before_dead:
-                logger.warning("Task %s did not accept connections on %s for %d probes in a row; "
-                               "killing it as dead.", record.task, record.address, record.port_failures)
-                record.last_cause = "port stopped answering"
-                processes.kill_process(record.process)
+            probe_server(record, now, self.spec.monitoring)
 
     def _check_chief_health(self, now: float) -> None:
         """Kills a hung chief: no heartbeat, a stale one, or no step progress while every task runs."""

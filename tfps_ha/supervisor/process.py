@@ -69,3 +69,23 @@ def kill_process(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         except ProcessLookupError:
             pass
 
+
+def process_state(pid: int) -> str | None:
+    """Returns the process state letter of `pid` from /proc (`T` when stopped), or None when it is gone.
+
+    Where /proc is missing (not Linux), a live process reads as running (`R`).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stream:
+            fields = stream.read().rsplit(")", 1)[1].split()
+        return fields[0]
+    except FileNotFoundError:
+        if not os.path.exists("/proc/self/stat"):
+            try:
+                os.kill(pid, 0)
+                return "R"
+            except ProcessLookupError:
+                return None
+        return None
+    except (OSError, IndexError):
+        return None

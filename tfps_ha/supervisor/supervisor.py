@@ -38,6 +38,7 @@ from tfps_ha.spec import ClusterSpec, TaskId
 from tfps_ha.supervisor import process as processes
 from tfps_ha.supervisor.chaos import PlannedKill
 from tfps_ha.supervisor.policy import Action, decide
+from tfps_ha.supervisor.probe import STOPPED_STATES, probe_server
 from tfps_ha.supervisor.progress import Progress
 from tfps_ha.supervisor.records import Outcome, TaskRecord, last_log_line, record_transition, run_steps
 from tfps_ha.supervisor.state import TaskState
@@ -237,22 +238,10 @@ class Supervisor:
         return None
 
     def _probe_ports(self, now: float) -> None:
-        monitoring = self.spec.monitoring
         for record in self.records.values():
-            if record.task.job == "chief" or record.state != TaskState.RUNNING:
+            if record.task.job == "chief" or record.state != TaskState.RUNNING or record.process is None:
                 continue
-            if now - record.last_port_check < monitoring.port_check_interval_seconds:
-                continue
-            record.last_port_check = now
-            if port_accepts(record.address, timeout=1.0):
-                record.port_failures = 0
-                continue
-            record.port_failures += 1
-            if record.port_failures >= monitoring.port_failures_before_dead and record.process is not None:
-                logger.warning("Task %s did not accept connections on %s for %d probes in a row; "
-                               "killing it as dead.", record.task, record.address, record.port_failures)
-                record.last_cause = "port stopped answering"
-                processes.kill_process(record.process)
+            probe_server(record, now, self.spec.monitoring)
 
     def _restart_due(self, now: float) -> None:
         for record in self.records.values():
@@ -339,9 +328,19 @@ class Supervisor:
                            "to expire.", error)
 
     def _standby_ready(self) -> bool:
+        """Returns whether the standby can take over; a stopped standby is killed and replaced instead."""
         standby = self.standby
-        return (standby is not None and standby.state == TaskState.STANDBY and standby.process is not None
-                and standby.process.poll() is None)
+        if standby is None or standby.state != TaskState.STANDBY or standby.process is None:
+            return False
+        if standby.process.poll() is not None:
+            return False
+        if processes.process_state(standby.process.pid) in STOPPED_STATES:
+            logger.warning("Standby coordinator attempt %d (pid %d) is stopped, so it cannot take over; "
+                           "killing it.", standby.attempt, standby.process.pid)
+            standby.last_cause = "process stopped"
+            processes.kill_process(standby.process)
+            return False
+        return True
 
     def _keep_standby(self, beat: dict | None) -> None:
         """Spawns a standby once the leader trains, so its TensorFlow import does not slow the restore."""
