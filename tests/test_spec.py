@@ -646,3 +646,13 @@ def test_task_id_parse_invalid(text):
 
 def test_task_id_str():
     assert str(TaskId("worker", 3)) == "worker:3"
+
+
+def test_parse_spec_duplicate_key_rejected():
+    text = "cluster: {chief: 1, worker: 1, ps: 1}\ntraining: {steps: 100}\ntraining: {steps: 200}\n"
+
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, source="x.yaml")
+
+    assert "duplicate key 'training'" in str(info.value)
+    assert "line 3" in str(info.value)

@@ -277,10 +277,32 @@ def load_spec(path: str) -> ClusterSpec:
     return parse_spec(text, source=source, default_name=default_name)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that rejects a mapping with the same key twice.
+
+    PyYAML keeps the last value, so a second `training:` block would silently
+    replace the first.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            # Only plain scalar keys are compared, by tag and text; merge keys
+            # (`<<`) and collection keys are left to the base constructor.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {short_repr(key_node.value)}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_spec(text: str, source: str = "spec", default_name: str = "tfps-ha") -> ClusterSpec:
     """Validates cluster spec text; see `load_spec`."""
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "the document"

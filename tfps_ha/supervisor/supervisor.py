@@ -111,8 +111,9 @@ class Supervisor:
         order += sorted(self.records.values(), key=lambda r: {"chief": 0, "worker": 1, "ps": 2}[r.task.job])
         for record in order:
             if record.process is not None and record.process.poll() is None:
-                if record.stopped_by_chaos:
-                    processes.kill_process(record.process, signal.SIGCONT)
+                if record.stopped_by_chaos or processes.process_state(record.process.pid) in STOPPED_STATES:
+                    # A stopped process cannot act on SIGTERM; it is superseded, so it has nothing to save.
+                    processes.kill_process(record.process)
                 processes.stop_process(record.process, grace_seconds, self._name(record))
             if record.state != TaskState.STOPPED:
                 self._transition(record, TaskState.STOPPED, cause="job ended")
@@ -452,10 +453,13 @@ class Supervisor:
             standby_code = processes.stop_process(standby.process, 10.0, self._name(standby))
             standby.process = None
             self._transition(standby, TaskState.STOPPED, exit_code=standby_code, cause=f"launcher received {name}")
-        saved = code == ExitCode.PREEMPTED
-        message = (f"Launcher received {name}; the coordinator "
-                   + ("saved a checkpoint and stopped" if saved else f"stopped with {describe(code or 0)}")
-                   + ". Run the same command again to resume.")
+        if code is None:
+            ending = "no coordinator was running"
+        elif code == ExitCode.PREEMPTED:
+            ending = "the coordinator saved a checkpoint and stopped"
+        else:
+            ending = f"the coordinator stopped with {describe(code)}"
+        message = f"Launcher received {name}; {ending}. Run the same command again to resume."
         return Outcome(ExitCode.PREEMPTED, message)
 
     # -- helpers ---------------------------------------------------------------------
