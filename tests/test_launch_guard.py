@@ -1,4 +1,4 @@
-"""Guards a launch runs before it starts anything: the workdir lock and a leftover leader lease."""
+"""The checks a launch makes before it starts any task: the workdir lock and a leftover leader lease."""
 
 from __future__ import annotations
 
@@ -41,11 +41,11 @@ def test_launch_running_without_lock_file(tmp_path):
 
 
 def test_cli_rejects_busy_workdir(tmp_path, run_cli):
-    held = launcher._lock_workdir(Workdir(str(tmp_path)))
+    lock_descriptor = launcher._lock_workdir(Workdir(str(tmp_path)))
     try:
         result = run_cli("launch", "cluster_specs/local.yaml", "--workdir", str(tmp_path), "--steps", "100")
     finally:
-        os.close(held)
+        os.close(lock_descriptor)
 
     assert result.returncode == 2, result.stderr
     assert "is in use by another launch" in result.stderr

@@ -32,7 +32,8 @@ def launch(spec: ClusterSpec, spec_path: str, workdir: str | None = None, steps:
 
     Re-running on the same workdir resumes from the latest checkpoint; a job
     that already reached its target is not started again. One launch at a
-    time may use a workdir: it holds `WORKDIR/launch.lock` while it runs.
+    time may use a workdir, because each keeps `WORKDIR/launch.lock` locked
+    while it runs.
 
     Args:
       spec: The validated cluster spec.

@@ -7,9 +7,9 @@ import os
 from tfps_ha.lease.base import LeaseBackend
 from tfps_ha.lease.file import FileLease
 
-# Set in the coordinator pod by the manifests of `tfps-ha render-k8s`; the
-# same name as `tfps_ha.lease.kubernetes.LEASE_NAME_ENV`, repeated here so that
-# a local run never imports the Kubernetes client.
+# Set in the coordinator pod by the manifests of `tfps-ha render-k8s`. It is
+# `tfps_ha.lease.kubernetes.LEASE_NAME_ENV`, repeated here so that a local run
+# never imports the Kubernetes client.
 LEASE_NAME_ENV = "TFPS_HA_LEASE_NAME"
 
 

@@ -1,4 +1,4 @@
-"""The liveness probe of PS and worker tasks: the port answers and the process is not stopped."""
+"""The liveness probe of PS and worker tasks: the port accepts connections and the process is not stopped."""
 
 from __future__ import annotations
 
