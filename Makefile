@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast clean
+.PHONY: run test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 ## The suite without the tests marked slow.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -v -m 'not slow' $(PYTEST_ARGS)
+
+## The benchmarks against hand-written PSS code; writes benchmarks/RESULTS.md (about 20 minutes on 2 cores).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

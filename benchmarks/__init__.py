@@ -1,0 +1,1 @@
+"""Benchmarks of the kit against what a user would write without it; run `python benchmarks/run.py`."""
