@@ -84,12 +84,6 @@ def _launch_locked(spec: ClusterSpec, spec_path: str, folder: Workdir, target: i
     for stale in (folder.result, folder.heartbeat, folder.summary):
         if os.path.exists(stale):
             os.unlink(stale)
-    try:
-        os.makedirs(os.path.join(folder.root, "logs"), exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"--workdir: cannot create {os.path.join(folder.root, 'logs')}: {error.strerror}") from None
-    if spec.strategy != MULTI_WORKER_MIRRORED:
-        _clear_stale_lease(folder)
 
     cluster = resolve_cluster(spec)
     plan = parse_chaos(chaos, cluster, target) if chaos else []
@@ -98,6 +92,12 @@ def _launch_locked(spec: ClusterSpec, spec_path: str, folder: Workdir, target: i
             raise UsageError(
                 f"task {task} cannot listen on {cluster.address(task)}: the port is already in use "
                 "by another process; stop that process or give the task another port in the spec")
+    try:
+        os.makedirs(os.path.join(folder.root, "logs"), exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--workdir: cannot create {os.path.join(folder.root, 'logs')}: {error.strerror}") from None
+    if spec.strategy != MULTI_WORKER_MIRRORED:
+        _clear_stale_lease(folder)
     write_json_atomic(os.path.join(folder.root, "cluster.json"), {"cluster": dict(cluster.jobs)})
     # MultiWorkerMirroredStrategy cannot train with a worker missing, so its
     # supervisor restarts the whole worker group where PSS restarts one task.
