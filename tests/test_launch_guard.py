@@ -58,7 +58,7 @@ def test_stale_local_lease_revoked(tmp_path):
     holder = f"chief:0 attempt 0 pid {dead_pid()} host {socket.gethostname()}"
     lease.try_acquire(holder, 3600.0)
 
-    launcher._clear_stale_lease(folder)
+    launcher._clear_stale_lease(folder, 4.0)
 
     assert lease.read().expired(time.time())
     assert lease.try_acquire("next", 4.0).epoch == 2
@@ -69,15 +69,15 @@ def test_foreign_lease_rejected(tmp_path):
     FileLease(folder.lease).try_acquire("chief:0 attempt 0 pid 999999 host othermachine", 3600.0)
 
     with pytest.raises(UsageError, match="held by 'chief:0 attempt 0 pid 999999 host othermachine' at epoch 1"):
-        launcher._clear_stale_lease(folder)
+        launcher._clear_stale_lease(folder, 0.2)
 
 
 def test_live_local_lease_rejected(tmp_path):
     folder = Workdir(str(tmp_path))
     FileLease(folder.lease).try_acquire(f"chief:0 attempt 0 pid {os.getpid()} host {socket.gethostname()}", 60.0)
 
-    with pytest.raises(UsageError, match="another coordinator may still use this workdir"):
-        launcher._clear_stale_lease(folder)
+    with pytest.raises(UsageError, match="so another coordinator still uses this workdir"):
+        launcher._clear_stale_lease(folder, 0.2)
 
 
 def test_expired_lease_left_alone(tmp_path):
@@ -85,6 +85,29 @@ def test_expired_lease_left_alone(tmp_path):
     lease = FileLease(folder.lease, clock=lambda: time.time() - 120)
     lease.try_acquire("chief:0 attempt 0 pid 999999 host othermachine", 4.0)
 
-    launcher._clear_stale_lease(folder)
+    launcher._clear_stale_lease(folder, 4.0)
 
     assert FileLease(folder.lease).read().holder == "chief:0 attempt 0 pid 999999 host othermachine"
+
+
+def test_expiring_lease_awaited(tmp_path):
+    folder = Workdir(str(tmp_path))
+    FileLease(folder.lease).try_acquire("chief:0 attempt 0 pid 999999 host othermachine", 0.5)
+
+    launcher._clear_stale_lease(folder, 4.0)
+
+    assert FileLease(folder.lease).read().expired(time.time())
+
+
+def test_zombie_holder_counts_as_dead(tmp_path):
+    folder = Workdir(str(tmp_path))
+    zombie = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while launcher._process_runs(zombie.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    FileLease(folder.lease).try_acquire(f"chief:0 attempt 0 pid {zombie.pid} host {socket.gethostname()}", 60.0)
+
+    launcher._clear_stale_lease(folder, 4.0)
+
+    assert FileLease(folder.lease).read().expired(time.time())
+    zombie.wait()

@@ -9,7 +9,7 @@ import pathlib
 import pytest
 import yaml
 
-from tfps_ha.errors import SpecError, UsageError
+from tfps_ha.errors import SpecError
 from tfps_ha.mwms.config import mirrored_chief, parse_mirrored_tf_config
 from tfps_ha.spec import MULTI_WORKER_MIRRORED, PARAMETER_SERVER, TaskId, load_spec, parse_spec
 from tfps_ha.tf_config import render_tf_config, resolve_cluster
@@ -125,14 +125,6 @@ def test_mirrored_rejects_custom_loop_runner():
     message = error_of(trainer={"module": "tfps_ha.examples.ctr", "runner": "custom_loop"})
     assert message == ("m.yaml: trainer.runner: received 'custom_loop'; expected fit, because strategy "
                        "multi_worker_mirrored runs only the fit runner")
-
-
-def test_render_k8s_rejects_mirrored():
-    from tfps_ha.k8s.render import render_manifests
-
-    with pytest.raises(UsageError) as caught:
-        render_manifests(parse(), yaml.safe_dump(MIRRORED), "example/trainer:1")
-    assert "render-k8s does not render multi_worker_mirrored jobs yet" in str(caught.value)
 
 
 def test_parameter_server_rules_unchanged():

@@ -16,6 +16,7 @@ from tfps_ha.lease import LeaseError
 from tfps_ha.lease.file import FileLease
 from tfps_ha.net import port_in_use
 from tfps_ha.spec import MULTI_WORKER_MIRRORED, ClusterSpec, check_target_steps
+from tfps_ha.supervisor import process as processes
 from tfps_ha.supervisor.chaos import parse_chaos
 from tfps_ha.supervisor.group import GroupSupervisor
 from tfps_ha.supervisor.supervisor import Supervisor
@@ -97,7 +98,7 @@ def _launch_locked(spec: ClusterSpec, spec_path: str, folder: Workdir, target: i
     except OSError as error:
         raise UsageError(f"--workdir: cannot create {os.path.join(folder.root, 'logs')}: {error.strerror}") from None
     if spec.strategy != MULTI_WORKER_MIRRORED:
-        _clear_stale_lease(folder)
+        _clear_stale_lease(folder, spec.monitoring.lease_seconds)
     write_json_atomic(os.path.join(folder.root, "cluster.json"), {"cluster": dict(cluster.jobs)})
     # MultiWorkerMirroredStrategy cannot train with a worker missing, so its
     # supervisor restarts the whole worker group where PSS restarts one task.
@@ -166,43 +167,47 @@ def _lock_workdir(folder: Workdir) -> int:
     return descriptor
 
 
-def _clear_stale_lease(folder: Workdir) -> None:
-    """Revokes a leader lease left by a dead coordinator of this host, and rejects a live foreign one.
+def _clear_stale_lease(folder: Workdir, lease_seconds: float) -> None:
+    """Clears the way for this launch's coordinator through a leader lease left in the workdir.
+
+    A lease of a coordinator of this host that no longer runs is revoked. A
+    lease that another holder renews is rejected, after waiting up to two
+    lease durations for it to expire.
 
     Raises:
-      UsageError: An unexpired lease is held by a coordinator on another
-        host, or by a process of this host that still runs.
+      UsageError: Another coordinator keeps renewing the lease.
     """
     lease = FileLease(folder.lease)
-    try:
-        record = lease.read()
-    except LeaseError as error:
-        raise UsageError(f"--workdir: {error}; delete {folder.lease} if no coordinator uses this workdir") from None
-    if record is None or record.expired(time.time()):
-        return
+    deadline = time.monotonic() + 2 * lease_seconds
+    while True:
+        try:
+            record = lease.read()
+        except LeaseError as error:
+            raise UsageError(f"--workdir: {error}; delete {folder.lease} if no coordinator uses this workdir") from None
+        if record is None or record.expired(time.time()):
+            return
 
-    pid = holder_pid(record.holder)
-    local = holder_host(record.holder) == socket.gethostname()
-    if local and pid is not None and not _process_exists(pid):
-        lease.revoke(record.holder)
-        logger.info("Revoked the leader lease of %r, a coordinator of this host that no longer runs.",
-                    record.holder)
-        return
-    remaining = record.expires_at - time.time()
+        pid = holder_pid(record.holder)
+        if holder_host(record.holder) == socket.gethostname() and pid is not None and not _process_runs(pid):
+            lease.revoke(record.holder)
+            logger.info("Revoked the leader lease of %r, a coordinator of this host that no longer runs.",
+                        record.holder)
+            return
+        if time.monotonic() >= deadline:
+            break
+        logger.info("Waiting for the leader lease of %r to expire.", record.holder)
+        time.sleep(min(0.5, max(0.05, record.expires_at - time.time())))
+
     raise UsageError(
-        f"--workdir: the leader lease in {folder.lease} is held by {record.holder!r} at epoch {record.epoch} "
-        f"for another {remaining:.0f} s, so another coordinator may still use this workdir; stop it, wait "
-        "for the lease to expire, or delete the file if you are sure it is stale")
+        f"--workdir: the leader lease in {folder.lease} is held by {record.holder!r} at epoch {record.epoch}, "
+        f"which renewed it for {2 * lease_seconds:g} s, so another coordinator still uses this workdir; "
+        "stop it, or delete the file if you are sure it is stale")
 
 
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _process_runs(pid: int) -> bool:
+    """Returns whether `pid` is a live process; a zombie, dead but not yet reaped, does not run."""
+    state = processes.process_state(pid)
+    return state is not None and state != "Z"
 
 
 def _summary(result: dict, target: int, supervisor: Supervisor | GroupSupervisor | None,
