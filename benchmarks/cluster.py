@@ -21,6 +21,7 @@ import portpicker
 
 from tfps_ha.net import wait_for_ports
 from tfps_ha.spec import TaskId
+from tfps_ha.supervisor.process import die_with_parent
 from tfps_ha.tf_config import ResolvedCluster, render_tf_config
 
 logger = logging.getLogger(__name__)
@@ -107,4 +108,7 @@ def _spawn_server(cluster: ResolvedCluster, task: TaskId, log_path: str) -> subp
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "tfps_ha", "task"], env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True)
+            stdin=subprocess.DEVNULL, start_new_session=True,
+            # Without it, a benchmark killed by a timeout leaves its servers running.
+            # Linux sends the signal when the spawning thread ends, so spawn from the main thread.
+            preexec_fn=die_with_parent)
