@@ -19,8 +19,8 @@ from tfps_ha.lease.file import FileLease
 
 LEASE_SECONDS = 1.0
 
-# A coordinator stand-in: it takes the lease, starts the keeper, then reports
-# its state on stdout until it is told to save.
+# A coordinator stand-in: it takes the lease and starts the keeper. Once its
+# stop event is set it tries a fenced save and prints the outcome on stdout.
 CANDIDATE = textwrap.dedent("""
     import sys, threading, time
     from tfps_ha.coordinator.leadership import Leadership
@@ -67,7 +67,7 @@ def process_gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    # A zombie child of another process still answers kill(0); check its state.
+    # kill(0) succeeds on a zombie child of another process, so its state is checked.
     try:
         with open(f"/proc/{pid}/stat") as stream:
             return stream.read().rsplit(")", 1)[1].split()[0] == "Z"

@@ -6,8 +6,8 @@ Failure contract:
   * A lease keeper process (`tfps_ha.lease.keeper`) extends the lease every
     quarter of its duration while this process runs and is not stopped.
     When a renewal finds another holder or a newer epoch, the keeper reports
-    it; the coordinator records the loss and sets the run's stop event, so
-    the runner stops scheduling.
+    it. The coordinator then records the loss and sets the run's stop event,
+    so the runner stops scheduling.
   * Every checkpoint save calls `fence` first. A coordinator whose epoch is
     no longer current gets `LeadershipLostError` there and exits with
     `LEADERSHIP_LOST` without writing, so a paused and resumed coordinator

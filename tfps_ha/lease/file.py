@@ -1,6 +1,6 @@
 """A lease in a local file, guarded by an OS lock: leader election on one host.
 
-The record is JSON in `WORKDIR/leader.lease`. Every read-modify-write holds an
+The record is JSON in `WORKDIR/leader.lease`. Every read-modify-write takes an
 exclusive `flock` on `leader.lease.lock`, and the record is replaced
 atomically, so readers never see half a record. The lock is held for
 microseconds, never for the length of a leadership: a leader that is

@@ -9,8 +9,9 @@ The status dict has these keys (a value is None when the files do not tell):
   time: Wall time when the status was taken.
   job_state: `no_job` (no job files), `starting` (no coordinator yet),
     `running`, `completed`, `failed`, `stopped` (PREEMPTED: resumable) or
-    `interrupted` (no launch holds the workdir's launch lock, yet the last
-    one wrote no summary: the launcher was killed; run it again to resume).
+    `interrupted`. A job is interrupted when no launch has the workdir's
+    launch lock and the last launch wrote no summary, because its launcher
+    was killed. Running the launch again resumes it.
   completed: Whether training reached its target step.
   exit_code, exit_reason, message: The launch's exit code, its name (such as
     `RESTART_BUDGET_SPENT`) and one-line message once it ended.

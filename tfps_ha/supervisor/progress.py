@@ -1,4 +1,4 @@
-"""Training progress as the supervisor sees it: heartbeat, lost steps, recoveries, status line."""
+"""Training progress as the supervisor records it: heartbeat, lost steps, recoveries, status line."""
 
 from __future__ import annotations
 
