@@ -173,6 +173,23 @@ class TaskConfig:
     task: TaskId
 
 
+def load_tf_config_document(text: str | None) -> dict:
+    """Decodes TF_CONFIG text into its top-level JSON object.
+
+    Raises:
+      SpecError: The text is unset, empty, not JSON or not a JSON object.
+    """
+    if not text or not text.strip():
+        raise SpecError.missing(SOURCE, "", "a JSON object with 'cluster' and 'task' (the variable is unset or empty)")
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise SpecError(SOURCE, "", _clip(text), f"valid JSON ({_reason(error)})") from None
+    if not isinstance(document, dict):
+        raise SpecError(SOURCE, "", document, "a JSON object with 'cluster' and 'task'")
+    return document
+
+
 def parse_tf_config(text: str | None) -> TaskConfig:
     """Parses and normalises TF_CONFIG.
 
@@ -192,14 +209,7 @@ def parse_tf_config(text: str | None) -> TaskConfig:
     Raises:
       SpecError: Any part is missing or invalid.
     """
-    if not text or not text.strip():
-        raise SpecError.missing(SOURCE, "", "a JSON object with 'cluster' and 'task' (the variable is unset or empty)")
-    try:
-        document = json.loads(text)
-    except (ValueError, RecursionError) as error:
-        raise SpecError(SOURCE, "", _clip(text), f"valid JSON ({_reason(error)})") from None
-    if not isinstance(document, dict):
-        raise SpecError(SOURCE, "", document, "a JSON object with 'cluster' and 'task'")
+    document = load_tf_config_document(text)
 
     checker = _Parser(SOURCE)
     cluster = document.get("cluster", SpecError._MISSING)

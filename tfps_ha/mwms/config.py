@@ -5,19 +5,16 @@
 
 from __future__ import annotations
 
-import json
-
 from tfps_ha.errors import SpecError
 from tfps_ha.spec import JOBS, TaskId, _Parser, show_key
 from tfps_ha.tf_config import (
     SOURCE,
     ResolvedCluster,
     TaskConfig,
-    _clip,
     _is_dense,
     _job_addresses,
     _parse_task,
-    _reason,
+    load_tf_config_document,
 )
 
 # The jobs whose tasks train under MultiWorkerMirroredStrategy.
@@ -41,14 +38,7 @@ def parse_mirrored_tf_config(text: str | None) -> TaskConfig:
       SpecError: Any part is missing or invalid, the cluster has a `ps` job,
         or the task is not a chief or worker task.
     """
-    if not text or not text.strip():
-        raise SpecError.missing(SOURCE, "", "a JSON object with 'cluster' and 'task' (the variable is unset or empty)")
-    try:
-        document = json.loads(text)
-    except (ValueError, RecursionError) as error:
-        raise SpecError(SOURCE, "", _clip(text), f"valid JSON ({_reason(error)})") from None
-    if not isinstance(document, dict):
-        raise SpecError(SOURCE, "", document, "a JSON object with 'cluster' and 'task'")
+    document = load_tf_config_document(text)
 
     cluster = document.get("cluster", SpecError._MISSING)
     if cluster is SpecError._MISSING:
