@@ -27,7 +27,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -v -m 'not slow' $(PYTEST_ARGS)
 
-## The benchmarks against hand-written PSS code; writes benchmarks/RESULTS.md (about 20 minutes on 2 cores).
+## The benchmarks against hand-written PSS code; writes benchmarks/RESULTS.md (about 30 minutes on 2 cores).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 

@@ -93,9 +93,10 @@ def write(path: str, machine: dict, results: dict, quick: bool) -> None:
         "path of a launch (lease, heartbeat, fenced saves, TensorBoard scalars). Kit and baseline share one "
         "strategy and `ClusterCoordinator`, their variables land on the same PS tasks, and they run in turns "
         "(ABBA...). A rate is taken between two joins, from the end of the first checkpoint window to the "
-        "target, so start-up and tracing are left out on both sides. The ratio is the median over the pairs. "
-        "CPU time per step (servers and coordinator, from /proc) is reported beside the wall rates because "
-        "it varies less with other load.",
+        "target, so start-up and tracing are left out on both sides. Other load on the machine only ever "
+        "slows a run, so the ratio compares the fastest kit run with the fastest baseline run, as `timeit` "
+        "takes the fastest repeat; the median of the per-pair ratios is in the details. CPU time per step "
+        "(servers and coordinator, from /proc) is reported beside the wall rates.",
         "",
         "## Results",
         "",

@@ -12,7 +12,6 @@ on one cluster, so other load on the machine affects both sides alike.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -27,7 +26,7 @@ if REPO_ROOT not in sys.path:
 from benchmarks import report  # noqa: E402 (needs the repository root on sys.path)
 
 ORDER = ("loop_overhead", "fit_overhead", "dispatch_ceiling", "auto_spe", "checkpoint_stall", "recovery",
-         "recovery_vs_torchrun", "scaling")
+         "recovery_vs_torchrun", "architecture", "scaling")
 MAIN_SESSION = ("loop_overhead", "fit_overhead", "dispatch_ceiling", "auto_spe", "checkpoint_stall", "scaling_point")
 SESSION_TIMEOUT_SECONDS = 3600
 
@@ -89,14 +88,6 @@ def dataclasses_dict(prediction) -> dict:
             "steps_per_second": prediction.steps_per_second, "limit": prediction.limit}
 
 
-def recovery_vs_torchrun() -> dict:
-    """Returns the torchrun comparison, which needs PyTorch; skipped without it."""
-    if importlib.util.find_spec("torch") is None:
-        return {"skipped": "torch not installed"}
-    # NOTE: the torchrun side is not written yet; with torch installed the line reports that.
-    return {"skipped": "the torchrun comparison is not implemented yet"}
-
-
 def format_line(name: str, result: dict) -> str:
     """Returns the benchmark's output line."""
     if "skipped" in result:
@@ -142,8 +133,22 @@ def main(argv: list[str] | None = None) -> int:
         print(format_line("recovery", results["recovery"]), flush=True)
 
     if "recovery_vs_torchrun" in selected:
-        results["recovery_vs_torchrun"] = recovery_vs_torchrun()
+        from benchmarks.torchrun import recovery_vs_torchrun
+
+        try:
+            results["recovery_vs_torchrun"] = recovery_vs_torchrun(args.quick)
+        except RuntimeError as error:
+            results["recovery_vs_torchrun"] = {"error": str(error)}
         print(format_line("recovery_vs_torchrun", results["recovery_vs_torchrun"]), flush=True)
+
+    if "architecture" in selected:
+        from benchmarks.architecture import architecture
+
+        try:
+            results["architecture"] = architecture(args.quick)
+        except RuntimeError as error:
+            results["architecture"] = {"error": str(error)}
+        print(format_line("architecture", results["architecture"]), flush=True)
 
     if "scaling" in selected:
         points = [session.get("scaling_point", {"error": "not measured"})]

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO_ROOT
 
 BENCHMARKS = ("loop_overhead", "fit_overhead", "dispatch_ceiling", "auto_spe", "checkpoint_stall", "recovery",
-              "recovery_vs_torchrun", "scaling")
+              "recovery_vs_torchrun", "architecture", "scaling")
 LINE = re.compile(
     r"^(?P<name>[a-z_]+): (ratio=(?P<ratio>[0-9.]+) \(kit [0-9.e+-]+, baseline [0-9.e+-]+, [^)]+\)"
     r"|skipped \([^)]+\))$")

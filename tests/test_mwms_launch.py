@@ -80,3 +80,30 @@ def test_sigterm_saves_and_resumes(tmp_path):
     assert summary["resumed_from_step"] == saved_step
     assert summary["final_step"] == 300
     assert summary["lost_steps"] == 0
+
+
+def _thread_counts(workdir) -> list[int]:
+    pids = [int(event["cause"].split()[-1]) for event in read_events(workdir)
+            if event["state"] == "STARTING" and event["cause"].startswith("spawned pid")]
+    return [len(os.listdir(f"/proc/{pid}/task")) for pid in pids]
+
+
+def test_worker_threads_stay_bounded(tmp_path):
+    # TensorFlow 2.21 keeps a sleeping thread per collective op that has a
+    # timeout, for the whole timeout; with one on every op the workers held
+    # thousands of threads after a few hundred steps.
+    spec = write_spec(tmp_path, "local_mwms.yaml", training={"steps": 800})
+    workdir = tmp_path / "work"
+    process = start_launch(spec, workdir)
+    try:
+        wait_for_step(workdir, 150, process)
+        early = _thread_counts(workdir)
+        wait_for_step(workdir, 550, process)
+        late = _thread_counts(workdir)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+
+    assert len(early) == len(late) == 2
+    for before, after in zip(early, late):
+        assert after <= before + 100, f"worker threads grew from {early} to {late}"

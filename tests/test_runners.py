@@ -89,3 +89,28 @@ def test_fit_backup_falls_back(cluster, tmp_path, caplog):
     assert result["resumed_from_step"] == 50
     assert result["final_step"] == 200
     assert "cannot be restored" in caplog.text
+
+
+def test_custom_loop_beats_inside_a_long_window(cluster, tmp_path, monkeypatch):
+    # One window of 400 steps in 200 closures: the heartbeat must advance
+    # while the window runs, not only at its join.
+    from tfps_ha.coordinator import heartbeat
+
+    written_steps = []
+    original_init = heartbeat.Heartbeat.__init__
+
+    def short_interval(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.interval = 0.2
+
+    def record(path, value):
+        written_steps.append(value["step"])
+
+    monkeypatch.setattr(heartbeat.Heartbeat, "__init__", short_interval)
+    monkeypatch.setattr(heartbeat, "write_json_atomic", record)
+    result = _run(cluster, "local_4w_2ps.yaml", Workdir(str(tmp_path)), steps=400,
+                  checkpoint_every_steps=1000, steps_per_execution=2)
+
+    assert result["final_step"] == 400
+    inside = sorted({step for step in written_steps if 0 < step < 400})
+    assert len(inside) >= 2, f"heartbeat steps written: {written_steps}"

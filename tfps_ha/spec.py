@@ -140,10 +140,10 @@ class MonitoringSpec:
       preemption_grace_seconds: Time a coordinator has, after SIGTERM, to stop
         scheduling, drain steps and save a checkpoint.
       status_interval_seconds: Interval of the launcher's progress line.
-      collective_timeout_seconds: (multi_worker_mirrored) Time a worker waits
-        in one collective op, such as the gradient all-reduce, before it
-        fails with DeadlineExceeded. A worker whose peer died exits then
-        instead of hanging.
+      collective_timeout_seconds: (multi_worker_mirrored) Seconds without a
+        heartbeat after which TensorFlow's coordination service declares a
+        worker dead. The other workers' collective ops, such as the gradient
+        all-reduce, then fail, and they exit instead of hanging.
     """
 
     heartbeat_timeout_seconds: float = 30.0
@@ -154,7 +154,7 @@ class MonitoringSpec:
     standby_coordinator: bool = True
     preemption_grace_seconds: float = 30.0
     status_interval_seconds: float = 5.0
-    collective_timeout_seconds: float = 60.0
+    collective_timeout_seconds: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -169,6 +169,9 @@ class _Loop:
         self.workers = max(1, context.num_workers)
         self.steps_per_execution = context.training.steps_per_execution
         self.tuned = False
+        # Wall seconds per closure in the last join, for the heartbeat stride.
+        self.closure_seconds: float | None = None
+        self._steps_tensors: dict = {}
 
     def warm_up(self) -> None:
         """Runs the gated function once per worker with no steps.
@@ -270,25 +273,46 @@ class _Loop:
         return reached, ProbeSample(scheduled, reached - step, time.perf_counter() - started)
 
     def _run(self, function, plan: list[int], limit: int) -> int:
-        """Schedules one closure per entry of `plan` (its step count), joins, and returns how many it scheduled."""
+        """Schedules one closure per entry of `plan` (its step count), joins, and returns how many it scheduled.
+
+        While the closures run, it waits on every `stride`-th of them, about
+        one per heartbeat interval, and writes the heartbeat when it is due.
+        Waiting on a closure fetches its loss, a copy from its worker, so the
+        others are not fetched.
+        """
         tf = self.tf
+        started = time.perf_counter()
         limit_tensor = tf.constant(limit, dtype=tf.int64)
         pending = []
         for steps in plan:
             if self.context.stop.is_set():
                 break
-            args = (self.iterator, tf.constant(steps, dtype=tf.int64), limit_tensor)
+            args = (self.iterator, self._steps_tensor(steps), limit_tensor)
             pending.append(self.context.coordinator.schedule(function, args=args))
             self._report()
 
-        for remote in pending:
+        stride = self._heartbeat_stride()
+        for remote in pending[stride - 1:-1:stride]:
             loss = remote.fetch()
             if self.context.heartbeat.due():
                 self.context.heartbeat.beat(self._step(), loss=float(loss))
         self.context.coordinator.join()
         if pending:
             self.context.heartbeat.beat(self._step(), loss=float(pending[-1].fetch()))
+            self.closure_seconds = (time.perf_counter() - started) / len(pending)
         return len(pending)
+
+    def _heartbeat_stride(self) -> int:
+        """Returns how many closures finish, by the last join's pace, in one heartbeat interval (at least 1)."""
+        if self.closure_seconds is None or self.closure_seconds <= 0:
+            return 1
+        return max(1, int(self.context.heartbeat.interval / self.closure_seconds))
+
+    def _steps_tensor(self, steps: int):
+        tensor = self._steps_tensors.get(steps)
+        if tensor is None:
+            tensor = self._steps_tensors[steps] = self.tf.constant(steps, dtype=self.tf.int64)
+        return tensor
 
     def _step(self) -> int:
         return int(self.iterations.numpy())

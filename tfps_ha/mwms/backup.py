@@ -182,7 +182,14 @@ def make_mirrored_backup(keras):
                 return self.last_loss
             loss = logs.get("loss") if isinstance(logs, dict) else None
             if loss is not None:
-                self.last_loss = float(loss.numpy() if hasattr(loss, "numpy") else loss)
+                loss = float(loss.numpy() if hasattr(loss, "numpy") else loss)
+                # NOTE: tf-keras 2.21 sums each replica's own mean loss into the
+                # batch logs under MWMS (`reduce_per_replica` with "auto" is
+                # "sum"), which reports the loss times the replica count. The
+                # replicas get equal shares of the batch, so the mean divides.
+                if self.model.distribute_reduction_method in ("auto", "sum"):
+                    loss /= self.model.distribute_strategy.num_replicas_in_sync
+                self.last_loss = loss
             return self.last_loss
 
     return MirroredStepBackup
