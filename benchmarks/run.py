@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     if results_path:
         report.write(results_path, machine, results, quick=args.quick)
         print(f"Wrote {os.path.relpath(results_path, REPO_ROOT)}; logs and raw results in {log_folder}.")
+    else:
+        print(f"Logs and raw results in {log_folder}.")
     return 1 if any("error" in result for result in results.values()) else 0
 
 

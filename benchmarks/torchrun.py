@@ -217,7 +217,7 @@ def find_torch_python() -> tuple[str | None, str]:
 
     version = _torch_version(candidate)
     if version is None:
-        return None, f"torch not installed in {origin}"
+        return None, f"torch not installed in {origin}; set {TORCH_PYTHON_VARIABLE} to a Python that has it"
     return candidate, version
 
 

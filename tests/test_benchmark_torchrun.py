@@ -75,7 +75,8 @@ def test_skipped_without_torch_in_current_python(monkeypatch, no_launch):
 
     result = torchrun.recovery_vs_torchrun(quick=True)
 
-    assert result == {"skipped": f"torch not installed in the current interpreter {sys.executable}"}
+    assert result == {"skipped": f"torch not installed in the current interpreter {sys.executable}; "
+                                 "set TFPS_HA_TORCH_PYTHON to a Python that has it"}
 
 
 def test_configured_python_missing_raises(monkeypatch, tmp_path, no_launch):

@@ -138,6 +138,8 @@ def test_collective_timeout_is_a_monitoring_setting():
     assert spec.monitoring.collective_timeout_seconds == 15.0
     assert "monitoring.collective_timeout_seconds: received 0" in error_of(
         monitoring={"collective_timeout_seconds": 0})
+    assert "received 0.5; expected a number of seconds in 1..86400" in error_of(
+        monitoring={"collective_timeout_seconds": 0.5})
 
 
 # ---------------------------------------------------------------- TF_CONFIG

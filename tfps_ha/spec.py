@@ -622,6 +622,9 @@ class _Parser:
                 values[name] = value
             elif isinstance(default, int):
                 values[name] = self._integer(path, value, 1, 1000)
+            elif name == "collective_timeout_seconds":
+                # A heartbeat timeout under 1 s declares busy but healthy workers dead.
+                values[name] = self._number(path, value, 1, 86400)
             else:
                 values[name] = self._number(path, value, 0.1, 86400)
         return dataclasses.replace(defaults, **values)
