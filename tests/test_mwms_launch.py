@@ -89,9 +89,9 @@ def _thread_counts(workdir) -> list[int]:
 
 
 def test_worker_threads_stay_bounded(tmp_path):
-    # TensorFlow 2.21 keeps a sleeping thread per collective op that has a
-    # timeout, for the whole timeout; with one on every op the workers held
-    # thousands of threads after a few hundred steps.
+    # TensorFlow 2.21 keeps a sleeping thread for every collective op that has
+    # a timeout. With a timeout on every op, the workers held thousands of
+    # threads after a few hundred steps.
     spec = write_spec(tmp_path, "local_mwms.yaml", training={"steps": 800})
     workdir = tmp_path / "work"
     process = start_launch(spec, workdir)

@@ -623,7 +623,7 @@ class _Parser:
             elif isinstance(default, int):
                 values[name] = self._integer(path, value, 1, 1000)
             elif name == "collective_timeout_seconds":
-                # A heartbeat timeout under 1 s declares busy but healthy workers dead.
+                # A heartbeat timeout under 1 s risks declaring busy but healthy workers dead.
                 values[name] = self._number(path, value, 1, 86400)
             else:
                 values[name] = self._number(path, value, 0.1, 86400)

@@ -171,7 +171,6 @@ class _Loop:
         self.tuned = False
         # Wall seconds per closure in the last join, for the heartbeat stride.
         self.closure_seconds: float | None = None
-        self._steps_tensors: dict = {}
 
     def warm_up(self) -> None:
         """Runs the gated function once per worker with no steps.
@@ -287,7 +286,7 @@ class _Loop:
         for steps in plan:
             if self.context.stop.is_set():
                 break
-            args = (self.iterator, self._steps_tensor(steps), limit_tensor)
+            args = (self.iterator, tf.constant(steps, dtype=tf.int64), limit_tensor)
             pending.append(self.context.coordinator.schedule(function, args=args))
             self._report()
 
@@ -307,12 +306,6 @@ class _Loop:
         if self.closure_seconds is None or self.closure_seconds <= 0:
             return 1
         return max(1, int(self.context.heartbeat.interval / self.closure_seconds))
-
-    def _steps_tensor(self, steps: int):
-        tensor = self._steps_tensors.get(steps)
-        if tensor is None:
-            tensor = self._steps_tensors[steps] = self.tf.constant(steps, dtype=self.tf.int64)
-        return tensor
 
     def _step(self) -> int:
         return int(self.iterations.numpy())

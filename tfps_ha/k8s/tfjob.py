@@ -41,8 +41,8 @@ Under MultiWorkerMirroredStrategy (`MIRRORED_RESTART_POLICIES`):
   same backup, as under the local group supervisor. `Always` would restart a
   worker that exited 0 and repeat finished training, and `Always` and
   `OnFailure` would restart exits 1 and 2 in place, repeating a permanent error.
-  NOTE: a local launch kills the survivors, so no test sees a surviving
-  worker exit 200 on its own. By hand, with two workers started from their
+  NOTE: a local launch kills the survivors, so no test covers a surviving
+  worker that exits 200 on its own. By hand, with two workers started from their
   TF_CONFIG and no supervisor, the survivor exited 200 within 1 to 8 s after a
   SIGKILL or SIGSTOP of either peer. docs/k8s.md says which errors map to 200.
 * No `backoffLimit`: the operator compares it with the container restart

@@ -183,10 +183,10 @@ def make_mirrored_backup(keras):
             loss = logs.get("loss") if isinstance(logs, dict) else None
             if loss is not None:
                 loss = float(loss.numpy() if hasattr(loss, "numpy") else loss)
-                # NOTE: tf-keras 2.21 sums each replica's own mean loss into the
-                # batch logs under MWMS (`reduce_per_replica` with "auto" is
-                # "sum"), which reports the loss times the replica count. The
-                # replicas get equal shares of the batch, so the mean divides.
+                # NOTE: under MWMS, tf-keras 2.21 adds each replica's own mean
+                # loss into the batch logs, because "auto" reduction means "sum"
+                # there. Every replica gets an equal share of the batch, so the
+                # sum divided by the replica count is the mean loss.
                 if self.model.distribute_reduction_method in ("auto", "sum"):
                     loss /= self.model.distribute_strategy.num_replicas_in_sync
                 self.last_loss = loss

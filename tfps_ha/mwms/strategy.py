@@ -18,20 +18,20 @@ def build_mirrored_strategy(tf, cluster: ResolvedCluster, task: TaskId, collecti
     TensorFlow's coordination service, which runs on the MWMS chief.
 
     A dead or stopped peer is found by that service's heartbeats, not by a
-    timeout on each collective op. TensorFlow 2.21 keeps one sleeping thread
-    per collective op with a timeout for the whole timeout: at about 15
-    collective ops per step of the digits example, a 60 s timeout held 16,000
-    threads per worker by step 1,100, and both workers aborted with
-    `Resource temporarily unavailable`.
+    timeout on each collective op. TensorFlow 2.21 keeps a sleeping thread for
+    every collective op that has a timeout, until the timeout ends. The digits
+    example runs about 15 collective ops per step, so with a 60 s timeout each
+    worker held about 16,000 threads by step 1,100. Both workers then aborted
+    with `Resource temporarily unavailable`.
 
     Args:
       tf: The TensorFlow module.
       cluster: The chief and worker addresses.
       task: This process's task.
       collective_timeout_seconds: Seconds without a heartbeat after which the
-        coordination service declares a task dead; the collective ops of the
-        other tasks then fail with UnavailableError or DeadlineExceeded
-        instead of hanging.
+        coordination service declares a task dead. The collective ops of the
+        other tasks then fail with UnavailableError or DeadlineExceeded, so
+        they do not hang.
 
     Raises:
       UsageError: The task could not listen on its address.
